@@ -1,0 +1,165 @@
+"""The FedPav client: a local ReID model, its data, and a head that never leaves the client.
+
+Plain Python, no Flower types, so it is testable alone; :mod:`fedreid.client_app` drives it.
+Contract (like NumPyClient's): ``fit(shared, round) -> FitResult`` and
+``evaluate(shared) -> metrics``, where ``shared`` is the backbone + bottleneck state_dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from fedreid.clients.state import ClientState
+from fedreid.config import Config
+from fedreid.data.types import ReIDDataset
+from fedreid.errors import DatasetError
+from fedreid.models.reid import ReIDNet, head_state, is_bn_buffer, load_shared, shared_state
+from fedreid.training import make_optimizer, plain_loader, resolve_device, train_epochs, train_loader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What a client sends back: shared tensors, its training-set size and metrics."""
+
+    shared: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def ranking_metrics(model: torch.nn.Module, dataset: ReIDDataset, cfg: Config,
+                    device: torch.device, prefix: str = "") -> dict[str, float]:
+    """rank-1/5/10, mAP and mINP of ``model`` on the client's own query/gallery."""
+    from fedreid.evaluation import evaluate_model
+
+    res = evaluate_model(model, dataset.query, dataset.gallery, cfg.data.height, cfg.data.width,
+                         batch_size=cfg.data.eval_batch_size, device=device,
+                         num_workers=cfg.data.num_workers)
+    return {f"{prefix}{k}": float(res[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
+
+
+class ReIDClient:
+    """Trains the received shared model with the client's own head on its own images.
+
+    Args:
+        cfg: the run's config (as shipped by the server).
+        name: the client's name (its dataset or scenario part).
+        dataset: its train/query/gallery lists.
+        state: where the head (and, for ``strategy=local``, the whole model) persists.
+
+    With ``strategy.bn_policy=local`` the client keeps its own BatchNorm running statistics:
+    it ignores the server's and does not upload its own.
+    """
+
+    def __init__(self, cfg: Config, name: str, dataset: ReIDDataset, state: ClientState) -> None:
+        if not dataset.train:
+            raise DatasetError(f"client {name}: empty training set under {dataset.root}")
+        self.cfg = cfg
+        self.name = name
+        self.dataset = dataset
+        self.state = state
+        self.device = resolve_device(cfg.train.device)
+        torch.set_num_threads(max(1, cfg.train.threads))
+
+    @property
+    def local_only(self) -> bool:
+        """``strategy=local``: the client trains and keeps its whole model alone."""
+        return self.cfg.strategy.name == "local"
+
+    @property
+    def keep_bn(self) -> bool:
+        return self.cfg.strategy.bn_policy == "local"
+
+    def build_model(self, shared: dict[str, torch.Tensor] | None) -> ReIDNet:
+        """The model the client works on: received shared part (or its own, when local or
+        for BN statistics under ``bn_policy=local``) plus its persisted head."""
+        m = self.cfg.model
+        torch.manual_seed(self.cfg.seed)
+        model = ReIDNet(self.dataset.num_train_pids, arch=m.arch, pretrained=False,
+                        last_stride=m.last_stride, embed_dim=m.embed_dim, dropout=m.dropout)
+        own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
+        if self.local_only and own is not None:
+            load_shared(model, own)
+        elif shared is not None:
+            load_shared(model, shared, skip_bn_buffers=False)
+            if self.keep_bn and own is not None:
+                model.load_state_dict({k: v for k, v in own.items() if is_bn_buffer(k)},
+                                      strict=False)
+        elif self.local_only and m.pretrained:
+            model = ReIDNet(self.dataset.num_train_pids, arch=m.arch, pretrained=True,
+                            last_stride=m.last_stride, embed_dim=m.embed_dim, dropout=m.dropout)
+        head = self.state.load("head")
+        if head is not None:
+            if head["classifier.weight"].shape[0] != self.dataset.num_train_pids:
+                raise DatasetError(f"client {self.name}: saved head has "
+                                   f"{head['classifier.weight'].shape[0]} identities, dataset "
+                                   f"has {self.dataset.num_train_pids}; clear its state dir")
+            model.load_state_dict(head, strict=False)
+        memory_format = torch.channels_last if self.cfg.train.channels_last else None
+        model = model.to(self.device)
+        if memory_format is not None:
+            model = model.to(memory_format=memory_format)
+        return model
+
+    def fit(self, shared: dict[str, torch.Tensor] | None, server_round: int,
+            evaluate_local: bool = False) -> FitResult:
+        """Local epochs on the received model; returns the shared part only.
+
+        Args:
+            shared: the global backbone + bottleneck (None for ``strategy=local``).
+            server_round: used to seed the data order.
+            evaluate_local: also rank the trained model before aggregation ("FedPav Local").
+        """
+        model = self.build_model(shared)
+        seed = self.cfg.seed * 100_003 + server_round
+        loader = train_loader(self.dataset.train, self.cfg.data, seed=seed)
+        cdw_batches = self._cdw_batches() if self.cfg.strategy.cdw else None
+        old_logits = self._logits(model, cdw_batches) if cdw_batches else None
+        optimizer = make_optimizer(model, self.cfg.train)
+        metrics = train_epochs(model, loader, optimizer, self.cfg.train, self.device)
+        if cdw_batches:
+            from fedreid.strategies.cdw import logit_distance
+
+            metrics["cdw_distance"] = logit_distance(old_logits, self._logits(model, cdw_batches))
+        self.state.save("head", head_state(model))
+        out = shared_state(model)
+        if self.local_only or self.keep_bn:
+            self.state.save("local_model", out)
+        if evaluate_local:
+            metrics.update(ranking_metrics(model, self.dataset, self.cfg, self.device, "local_"))
+        if self.local_only:
+            out = {}
+        elif self.keep_bn:
+            out = {k: v for k, v in out.items() if not is_bn_buffer(k)}
+        return FitResult(shared={k: v.cpu() for k, v in out.items()},
+                         num_examples=len(self.dataset.train), metrics=metrics)
+
+    def evaluate(self, shared: dict[str, torch.Tensor] | None) -> dict[str, float]:
+        """Rank the client's query/gallery with the global model (its own, when local)."""
+        if not self.dataset.query or not self.dataset.gallery:
+            raise DatasetError(f"client {self.name}: no query or gallery images to evaluate")
+        model = self.build_model(shared)
+        return ranking_metrics(model, self.dataset, self.cfg, self.device)
+
+    def _cdw_batches(self) -> list[torch.Tensor]:
+        """The first ``cdw_batches`` batches of training images, un-augmented, in file order."""
+        loader = plain_loader(self.dataset.train, self.cfg.data, self.cfg.data.batch_size)
+        batches = []
+        for images, _, _ in loader:
+            batches.append(images)
+            if len(batches) >= self.cfg.strategy.cdw_batches:
+                break
+        return batches
+
+    @torch.no_grad()
+    def _logits(self, model: ReIDNet, batches: list[torch.Tensor]) -> torch.Tensor:
+        """Logits in eval mode (no dropout, running BN stats) so the distance is not noise."""
+        was_training = model.training
+        model.eval()
+        out = torch.cat([model(b.to(self.device)).float().cpu() for b in batches])
+        model.train(was_training)
+        return out

@@ -1,0 +1,7 @@
+"""Datasets: the synthetic benchmark generator, readers, transforms and client scenarios."""
+
+from fedreid.data.market import load_market
+from fedreid.data.transforms import ImageDataset, build_transforms
+from fedreid.data.types import Item, ReIDDataset
+
+__all__ = ["ImageDataset", "Item", "ReIDDataset", "build_transforms", "load_market"]
