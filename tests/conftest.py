@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random Market-1501-layout dataset and a small test config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedreid.config import Config
+
+torch.set_num_threads(1)
+
+
+def write_market(root: Path, num_ids: int = 6, cams: int = 2, per_cam: int = 2,
+                 seed: int = 0, size: tuple[int, int] = (32, 16)) -> Path:
+    """Random JPEGs in the Market-1501 layout: ids 1..n train, n+1..2n test, 2 cameras."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+
+    def save(folder: str, pid: int, cam: int, k: int) -> None:
+        d = root / folder
+        d.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, size=3)
+        arr = np.clip(base + rng.normal(0, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg")
+
+    for pid in range(1, num_ids + 1):
+        for cam in range(1, cams + 1):
+            for k in range(per_cam):
+                save("bounding_box_train", pid, cam, k)
+    for pid in range(num_ids + 1, 2 * num_ids + 1):
+        save("query", pid, 1, 0)
+        for cam in range(1, cams + 1):
+            save("bounding_box_test", pid, cam, 1)
+    save("bounding_box_test", 0, 1, 99)  # a distractor
+    return root
+
+
+@pytest.fixture
+def market_root(tmp_path: Path) -> Path:
+    return write_market(tmp_path / "toy")
+
+
+def small_config(**overrides) -> Config:
+    """A config that trains a ResNet-18 on 32x16 images for a couple of batches."""
+    cfg = Config()
+    cfg.data.height, cfg.data.width = 32, 16
+    cfg.data.batch_size = 8
+    cfg.train.max_batches = 2
+    for key, value in overrides.items():
+        obj = cfg
+        *path, last = key.split(".")
+        for p in path:
+            obj = getattr(obj, p)
+        setattr(obj, last, value)
+    return cfg

@@ -1,0 +1,80 @@
+"""The FedPav client wrapper: only shared keys leave, the head persists, local/BN modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from flwr.app import RecordDict
+
+from fedreid.clients.reid_client import ReIDClient
+from fedreid.clients.state import ClientState
+from fedreid.data import load_market
+from fedreid.models import ReIDNet, is_bn_buffer, shared_state
+from tests.conftest import small_config
+
+
+def global_shared() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return shared_state(ReIDNet(0, arch="resnet18"))
+
+
+def test_only_shared_keys_leave_and_head_persists(market_root: Path, tmp_path: Path) -> None:
+    cfg = small_config()
+    ds = load_market(market_root)
+    state_dir = tmp_path / "state"
+    client = ReIDClient(cfg, "toy", ds, ClientState(RecordDict(), state_dir))
+    shared = global_shared()
+    res = client.fit(shared, server_round=1)
+    assert set(res.shared) == set(shared), "exactly the shared keys, nothing of the head"
+    assert not any(k.startswith("classifier") for k in res.shared)
+    assert res.num_examples == len(ds.train)
+    assert res.metrics["train_loss"] > 0
+    head1 = torch.load(state_dir / "head.pt")
+    assert head1["classifier.weight"].shape == (ds.num_train_pids, 512)
+
+    # A restarted node (fresh context.state) resumes with the head from its state dir.
+    restarted = ReIDClient(cfg, "toy", ds, ClientState(RecordDict(), state_dir))
+    model = restarted.build_model(shared)
+    assert torch.equal(model.classifier.weight.detach(), head1["classifier.weight"])
+    restarted.fit(shared, server_round=2)
+    head2 = torch.load(state_dir / "head.pt")
+    assert not torch.equal(head1["classifier.weight"], head2["classifier.weight"])
+
+
+def test_local_strategy_sends_nothing_and_keeps_model(market_root: Path) -> None:
+    cfg = small_config(**{"strategy.name": "local"})
+    record = RecordDict()
+    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(record, None))
+    res = client.fit(None, server_round=1)
+    assert res.shared == {}
+    assert "local_model" in record.array_records and "head" in record.array_records
+    kept = record.array_records["local_model"].to_torch_state_dict()
+    model = client.build_model(None)
+    key = "bottleneck.0.weight"
+    assert torch.equal(model.state_dict()[key], kept[key])
+
+
+def test_bn_local_policy_keeps_statistics(market_root: Path) -> None:
+    cfg = small_config(**{"strategy.bn_policy": "local"})
+    record = RecordDict()
+    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(record, None))
+    shared = global_shared()
+    res = client.fit(shared, server_round=1)
+    assert res.shared and not any(is_bn_buffer(k) for k in res.shared)
+    own = record.array_records["local_model"].to_torch_state_dict()
+    key = "backbone.1.running_mean"
+    model = client.build_model(shared)
+    assert torch.equal(model.state_dict()[key], own[key])
+    assert not torch.equal(own[key], shared[key])
+
+
+def test_cdw_distance_and_local_evaluation(market_root: Path) -> None:
+    cfg = small_config(**{"strategy.cdw": True, "strategy.cdw_batches": 2})
+    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(None, None))
+    res = client.fit(global_shared(), server_round=1, evaluate_local=True)
+    assert res.metrics["cdw_distance"] >= 0
+    for key in ("local_rank1", "local_mAP", "local_mINP"):
+        assert 0.0 <= res.metrics[key] <= 1.0
+    metrics = client.evaluate(global_shared())
+    assert set(metrics) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
