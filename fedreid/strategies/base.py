@@ -236,14 +236,19 @@ class ReIDStrategy(FedAvg):
         for rnd in range(first, num_rounds + 1):
             msgs = list(self.configure_train(rnd, to_record(self.global_arrays),
                                              ConfigRecord(dict(train_config or {})), grid))
+            t0 = time.perf_counter()
             replies = self._exchange(grid, msgs, rnd, "train", timeout)
+            t1 = time.perf_counter()
             arrays, metrics = self.aggregate_train(rnd, replies)
+            t2 = time.perf_counter()
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
             msgs = list(self.configure_evaluate(rnd, to_record(self.global_arrays),
                                                 ConfigRecord(dict(evaluate_config or {})), grid))
             replies = self._exchange(grid, msgs, rnd, "evaluate", timeout)
             eval_metrics = self.aggregate_evaluate(rnd, replies) if msgs else None
+            self.recorder.server_metric(rnd, {"train_phase_s": t1 - t0, "aggregate_s": t2 - t1,
+                                              "evaluate_phase_s": time.perf_counter() - t2})
             if eval_metrics is not None:
                 result.evaluate_metrics_clientapp[rnd] = eval_metrics
                 log.info("round %d: mean rank-1 %.1f%% mAP %.1f%%", rnd,
