@@ -8,9 +8,11 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -48,14 +50,18 @@ def simulate(cfg: Config) -> str:
     num_clients = prepare(cfg)
     prepare_output_dir(cfg)  # fails before Flower starts if it would overwrite a run
     cfg.overwrite = True  # the folder is ours now (run_server checks again)
-    backend = {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
-               "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False}}
-    run_simulation(server_app=make_server_app(cfg), client_app=client_app,
-                   num_supernodes=num_clients, backend_config=backend)
-    results = os.path.join(cfg.output_dir, "results.json")
-    import json
-
-    if not os.path.exists(results) or json.load(open(results)).get("status") != "finished":
+    backend = {
+        "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
+        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False},
+    }
+    run_simulation(
+        server_app=make_server_app(cfg),
+        client_app=client_app,
+        num_supernodes=num_clients,
+        backend_config=backend,
+    )
+    results = Path(cfg.output_dir) / "results.json"
+    if not results.exists() or json.loads(results.read_text()).get("status") != "finished":
         raise FedReIDError(f"the simulation did not finish; see the log above ({results})")
     return cfg.output_dir
 

@@ -42,8 +42,9 @@ def _fit(args: tuple[str, int, str]) -> float:
 
     cfg = Config.from_json(cfg_json)
     spec = client_specs(cfg.data)[index]
-    client = ReIDClient(cfg, spec.name, spec.load(),
-                        ClientState(RecordDict(), Path(state_root) / spec.name))
+    client = ReIDClient(
+        cfg, spec.name, spec.load(), ClientState(RecordDict(), Path(state_root) / spec.name)
+    )
     shared = shared_state(initial_model(cfg))
     torch.set_num_threads(cfg.train.threads)
     start = time.perf_counter()
@@ -69,8 +70,7 @@ def plain_round(cfg: Config, workers: int, state_root: str) -> float:
 def main() -> None:
     overrides = sys.argv[1:]
     out = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
-    cfg = compose(["num_rounds=2", "eval_every=1000", f"output_dir={out / 'flower'}",
-                   *overrides])
+    cfg = compose(["num_rounds=2", "eval_every=1000", f"output_dir={out / 'flower'}", *overrides])
     cfg.eval_every = 10**6  # no evaluation inside the measured rounds
     from run_simulation import prepare, simulate
 

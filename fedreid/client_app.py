@@ -45,14 +45,20 @@ def received_arrays(msg: Message) -> dict[str, torch.Tensor] | None:
     return record.to_torch_state_dict()
 
 
-def reply(msg: Message, name: str, metrics: dict[str, float], num_examples: int,
-          arrays: ArrayRecord | None = None) -> Message:
+def reply(
+    msg: Message,
+    name: str,
+    metrics: dict[str, float],
+    num_examples: int,
+    arrays: ArrayRecord | None = None,
+) -> Message:
     """One ArrayRecord (training only), one MetricRecord with num-examples, the client name."""
     content = RecordDict()
     if arrays is not None:
         content["arrays"] = arrays
-    content["metrics"] = MetricRecord({**{k: float(v) for k, v in metrics.items()},
-                                       "num-examples": int(num_examples)})
+    content["metrics"] = MetricRecord(
+        {**{k: float(v) for k, v in metrics.items()}, "num-examples": int(num_examples)}
+    )
     content["client"] = ConfigRecord({"name": name})
     return Message(content=content, reply_to=msg)
 
@@ -62,10 +68,14 @@ def train(msg: Message, context: Context) -> Message:
     """Local training on the received model; reply with the shared part only."""
     cfg, client = build_client(msg, context)
     config = msg.content["config"]
-    result = client.fit(received_arrays(msg), int(config["server-round"]),
-                        evaluate_local=bool(config.get("evaluate-local", False)))
-    arrays = result.arrays if hasattr(result, "arrays") else ArrayRecord(
-        torch_state_dict=result.shared)
+    result = client.fit(
+        received_arrays(msg),
+        int(config["server-round"]),
+        evaluate_local=bool(config.get("evaluate-local", False)),
+    )
+    arrays = (
+        result.arrays if hasattr(result, "arrays") else ArrayRecord(torch_state_dict=result.shared)
+    )
     return reply(msg, client.name, result.metrics, result.num_examples, arrays)
 
 

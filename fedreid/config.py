@@ -180,6 +180,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"strategy.min_replies must be >= 1, got {s.min_replies}")
     if cfg.data.height < 16 or cfg.data.width < 8:
         raise ConfigError(f"image size {cfg.data.height}x{cfg.data.width} is too small")
+    if cfg.train.device == "cuda" and cfg.client_gpus <= 0:
+        raise ConfigError(
+            "train.device=cuda needs client_gpus > 0 (Ray hides GPUs from "
+            "clients that ask for none)"
+        )
     if cfg.data.source not in ("synthetic", "real"):
         raise ConfigError(f"data.source must be synthetic or real, got {cfg.data.source!r}")
 

@@ -30,22 +30,45 @@ def train_local(cfg: Config, root: Path, dataset: str, epochs: int, console: Con
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    model = ReIDNet(ds.num_train_pids, arch=m.arch, pretrained=m.pretrained,
-                    last_stride=m.last_stride, embed_dim=m.embed_dim, dropout=m.dropout).to(device)
+    model = ReIDNet(
+        ds.num_train_pids,
+        arch=m.arch,
+        pretrained=m.pretrained,
+        last_stride=m.last_stride,
+        embed_dim=m.embed_dim,
+        dropout=m.dropout,
+    ).to(device)
     optimizer = make_optimizer(model, cfg.train)
     console.print(f"{dataset}: {ds.summary()}")
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("epoch", total=epochs, loss=float("nan"))
         for epoch in range(epochs):
             loader = train_loader(ds.train, cfg.data, seed=cfg.seed * 100_003 + epoch)
             metrics = train_epochs(model, loader, optimizer, cfg.train, device)
-            progress.update(task, advance=1, loss=metrics["train_loss"],
-                            description=f"epoch {epoch + 1}/{epochs}")
-    res = evaluate_model(model, ds.query, ds.gallery, cfg.data.height, cfg.data.width,
-                         batch_size=cfg.data.eval_batch_size, device=device)
+            progress.update(
+                task,
+                advance=1,
+                loss=metrics["train_loss"],
+                description=f"epoch {epoch + 1}/{epochs}",
+            )
+    res = evaluate_model(
+        model,
+        ds.query,
+        ds.gallery,
+        cfg.data.height,
+        cfg.data.width,
+        batch_size=cfg.data.eval_batch_size,
+        device=device,
+    )
     res["train_s"] = time.perf_counter() - start
     return res
 
@@ -79,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except FedReIDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    console.print(f"[bold]{args.dataset}[/]: rank-1 {100 * res['rank1']:.1f}%  "
-                  f"mAP {100 * res['mAP']:.1f}%  mINP {100 * res['mINP']:.1f}%  "
-                  f"({res['train_s']:.0f}s training)")
+    console.print(
+        f"[bold]{args.dataset}[/]: rank-1 {100 * res['rank1']:.1f}%  "
+        f"mAP {100 * res['mAP']:.1f}%  mINP {100 * res['mINP']:.1f}%  "
+        f"({res['train_s']:.0f}s training)"
+    )
     return 0
 
 

@@ -43,11 +43,18 @@ def plot_run(payload: dict[str, Any], output_dir: Path) -> list[Path]:
         names = sorted(final)
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
         width = 0.2
-        keys = [k for k in ("rank1", "mAP", "local_rank1", "local_mAP")
-                if any(k in final[n] for n in names)]
+        keys = [
+            k
+            for k in ("rank1", "mAP", "local_rank1", "local_mAP")
+            if any(k in final[n] for n in names)
+        ]
         for i, key in enumerate(keys):
-            ax.bar([j + i * width for j in range(len(names))],
-                   [100 * final[n].get(key, 0.0) for n in names], width, label=key)
+            ax.bar(
+                [j + i * width for j in range(len(names))],
+                [100 * final[n].get(key, 0.0) for n in names],
+                width,
+                label=key,
+            )
         ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(names))])
         ax.set_xticklabels(names, rotation=30, ha="right")
         ax.set_ylabel("%")

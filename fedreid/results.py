@@ -18,8 +18,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CLIENT_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "local_rank1", "local_mAP",
-               "train_loss", "num_examples", "bytes_up", "bytes_down")
+CLIENT_KEYS = (
+    "rank1",
+    "rank5",
+    "rank10",
+    "mAP",
+    "mINP",
+    "local_rank1",
+    "local_mAP",
+    "train_loss",
+    "num_examples",
+    "bytes_up",
+    "bytes_down",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -45,8 +56,9 @@ class RunRecorder:
         wandb_cfg: the ``wandb`` config section; logging happens only when enabled.
     """
 
-    def __init__(self, output_dir: Path, config: dict[str, Any],
-                 wandb_cfg: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, output_dir: Path, config: dict[str, Any], wandb_cfg: dict[str, Any] | None = None
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -58,10 +70,13 @@ class RunRecorder:
         if wandb_cfg and wandb_cfg.get("enabled"):
             import wandb
 
-            self._wandb = wandb.init(project=wandb_cfg.get("project", "fedreid"),
-                                     entity=wandb_cfg.get("entity") or None,
-                                     mode=wandb_cfg.get("mode", "offline"),
-                                     dir=str(self.output_dir), config=config)
+            self._wandb = wandb.init(
+                project=wandb_cfg.get("project", "fedreid"),
+                entity=wandb_cfg.get("entity") or None,
+                mode=wandb_cfg.get("mode", "offline"),
+                dir=str(self.output_dir),
+                config=config,
+            )
 
     # -- collection -----------------------------------------------------------------------
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -112,8 +127,10 @@ class RunRecorder:
 
     def write(self, status: str) -> None:
         """results.json and metrics.csv, atomically."""
-        atomic_write_text(self.output_dir / "results.json",
-                          json.dumps(self.payload(status), indent=1, sort_keys=False))
+        atomic_write_text(
+            self.output_dir / "results.json",
+            json.dumps(self.payload(status), indent=1, sort_keys=False),
+        )
         keys = sorted({k for r in self.rounds for m in r["clients"].values() for k in m})
         tmp = self.output_dir / f".metrics.csv.tmp{os.getpid()}"
         with tmp.open("w", newline="") as fh:
@@ -121,8 +138,9 @@ class RunRecorder:
             writer.writerow(["round", "elapsed_s", "client", *keys])
             for r in sorted(self.rounds, key=lambda r: r["round"]):
                 for name, m in sorted(r["clients"].items()):
-                    writer.writerow([r["round"], f"{r['elapsed_s']:.2f}", name,
-                                     *[m.get(k, "") for k in keys]])
+                    writer.writerow(
+                        [r["round"], f"{r['elapsed_s']:.2f}", name, *[m.get(k, "") for k in keys]]
+                    )
         os.replace(tmp, self.output_dir / "metrics.csv")
 
     def load(self, payload: dict[str, Any]) -> None:
@@ -143,6 +161,7 @@ class RunRecorder:
             log.warning("plotting failed: %s", err)
         self.write(status="finished")
         if self._wandb is not None:
-            self._wandb.summary.update({f"final/{c}/{k}": v for c, m in
-                                        self.final_metrics().items() for k, v in m.items()})
+            self._wandb.summary.update(
+                {f"final/{c}/{k}": v for c, m in self.final_metrics().items() for k, v in m.items()}
+            )
             self._wandb.finish()

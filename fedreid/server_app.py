@@ -47,8 +47,14 @@ def initial_model(cfg: Config) -> ReIDNet:
     """The seeded global model (shared part only: no classifier)."""
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    return ReIDNet(0, arch=m.arch, pretrained=m.pretrained, last_stride=m.last_stride,
-                   embed_dim=m.embed_dim, dropout=m.dropout)
+    return ReIDNet(
+        0,
+        arch=m.arch,
+        pretrained=m.pretrained,
+        last_stride=m.last_stride,
+        embed_dim=m.embed_dim,
+        dropout=m.dropout,
+    )
 
 
 def prepare_output_dir(cfg: Config) -> Path:
@@ -56,8 +62,10 @@ def prepare_output_dir(cfg: Config) -> Path:
     out = resolve_path(cfg.output_dir or f"outputs/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     results = out / "results.json"
     if results.exists() and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"output folder {out} already holds a run; pass resume=true, "
-                          "overwrite=true or another output_dir")
+        raise ConfigError(
+            f"output folder {out} already holds a run; pass resume=true, "
+            "overwrite=true or another output_dir"
+        )
     if cfg.resume and not (out / "checkpoint.pt").exists():
         raise ConfigError(f"resume=true but no checkpoint in {out}")
     out.mkdir(parents=True, exist_ok=True)
@@ -74,10 +82,12 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     num_clients = len(client_specs(cfg.data))
     recorder = RunRecorder(out, cfg.to_dict(), cfg.wandb.__dict__)
     strategy = build_strategy(cfg, recorder, num_clients)
-    initial = strategy.initial_arrays() if hasattr(strategy, "initial_arrays") else \
-        ArrayRecord(torch_state_dict=shared_state(initial_model(cfg)))
-    result = strategy.start(grid, initial, num_rounds=cfg.num_rounds,
-                            timeout=cfg.round_timeout_s)
+    initial = (
+        strategy.initial_arrays()
+        if hasattr(strategy, "initial_arrays")
+        else ArrayRecord(torch_state_dict=shared_state(initial_model(cfg)))
+    )
+    result = strategy.start(grid, initial, num_rounds=cfg.num_rounds, timeout=cfg.round_timeout_s)
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
     recorder.finish(final)
     log.info("run finished: %s", out / "results.json")

@@ -30,22 +30,39 @@ def train_loader(items: Sequence[Item], data: DataConfig, seed: int) -> DataLoad
     ds = ImageDataset(items, build_transforms(data.height, data.width, train=True))
     gen = torch.Generator().manual_seed(seed)
     drop_last = len(ds) % data.batch_size == 1
-    return DataLoader(ds, batch_size=data.batch_size, shuffle=True, generator=gen,
-                      num_workers=data.num_workers, pin_memory=data.pin_memory,
-                      drop_last=drop_last, persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=data.batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
 
 
-def plain_loader(items: Sequence[Item], data: DataConfig, batch_size: int | None = None,
-                 ) -> DataLoader:
+def plain_loader(
+    items: Sequence[Item],
+    data: DataConfig,
+    batch_size: int | None = None,
+) -> DataLoader:
     """Unshuffled loader with evaluation transforms (features, CDW batches, distillation)."""
     ds = ImageDataset(items, build_transforms(data.height, data.width, train=False))
-    return DataLoader(ds, batch_size=batch_size or data.eval_batch_size, shuffle=False,
-                      num_workers=data.num_workers, pin_memory=data.pin_memory)
+    return DataLoader(
+        ds,
+        batch_size=batch_size or data.eval_batch_size,
+        shuffle=False,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+    )
 
 
-def make_optimizer(model: nn.Module, train: TrainConfig,
-                   params: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None,
-                   ) -> torch.optim.SGD:
+def make_optimizer(
+    model: nn.Module,
+    train: TrainConfig,
+    params: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None,
+) -> torch.optim.SGD:
     """SGD (momentum, Nesterov, weight decay) with the backbone at ``lr_backbone`` and the
     bottleneck and classifier at ``lr_head``, as in the FedReID reference."""
     groups = params(model) if params else split_params(model)
@@ -54,8 +71,12 @@ def make_optimizer(model: nn.Module, train: TrainConfig,
         {"params": [p for p in groups["head"] if p.requires_grad], "lr": train.lr_head},
     ]
     param_groups = [g for g in param_groups if g["params"]]
-    return torch.optim.SGD(param_groups, momentum=train.momentum,
-                           weight_decay=train.weight_decay, nesterov=train.nesterov)
+    return torch.optim.SGD(
+        param_groups,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.nesterov,
+    )
 
 
 def split_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -74,18 +95,30 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 train: TrainConfig, device: torch.device,
-                 on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    train: TrainConfig,
+    device: torch.device,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
     """Cross-entropy training for ``train.local_epochs`` epochs; returns loss, accuracy,
     images seen and wall time."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    # fp16 (GPUs without bf16) needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, steps = 0, 0
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
     start = time.perf_counter()
-    batches_per_epoch = len(loader) if train.max_batches <= 0 else min(len(loader),
-                                                                          train.max_batches)
+    batches_per_epoch = (
+        len(loader) if train.max_batches <= 0 else min(len(loader), train.max_batches)
+    )
     for _ in range(train.local_epochs):
         for i, (images, pids, _cams) in enumerate(loader):
             if i >= batches_per_epoch:
@@ -96,15 +129,21 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
                 logits = model(images)
                 loss = loss_fn(logits.float(), pids)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(pids)
-            correct += int((logits.argmax(1) == pids).sum())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            # accumulate on the device: no host sync per step
+            total_loss += loss.detach() * len(pids)
+            correct += (logits.argmax(1) == pids).sum()
             seen += len(pids)
             steps += 1
             if on_batch:
                 on_batch(steps, batches_per_epoch * train.local_epochs)
     if seen == 0:
         raise DatasetError("no training batch was produced (dataset smaller than one batch?)")
-    return {"train_loss": total_loss / seen, "train_acc": correct / seen,
-            "train_images": float(seen), "train_time_s": time.perf_counter() - start}
+    return {
+        "train_loss": float(total_loss) / seen,
+        "train_acc": int(correct) / seen,
+        "train_images": float(seen),
+        "train_time_s": time.perf_counter() - start,
+    }

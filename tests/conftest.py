@@ -14,8 +14,14 @@ from fedreid.config import Config
 torch.set_num_threads(1)
 
 
-def write_market(root: Path, num_ids: int = 6, cams: int = 2, per_cam: int = 2,
-                 seed: int = 0, size: tuple[int, int] = (32, 16)) -> Path:
+def write_market(
+    root: Path,
+    num_ids: int = 6,
+    cams: int = 2,
+    per_cam: int = 2,
+    seed: int = 0,
+    size: tuple[int, int] = (32, 16),
+) -> Path:
     """Random JPEGs in the Market-1501 layout: ids 1..n train, n+1..2n test, 2 cameras."""
     rng = np.random.default_rng(seed)
     h, w = size

@@ -19,16 +19,19 @@ def test_json_round_trip() -> None:
     assert Config.from_json(cfg.to_json()) == cfg
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"strategy": {"name": "fedavgx"}}, "strategy.name"),
-    ({"strategy": {"kd": True}, "data": {"public": ""}}, "needs public data"),
-    ({"strategy": {"density": 0.0}}, "density must be in"),
-    ({"strategy": {"density": 1.5}}, "density must be in"),
-    ({"num_rounds": 0}, "num_rounds"),
-    ({"strategy": {"bn_policy": "first"}}, "bn_policy"),
-    ({"nonsense": 1}, "invalid config"),
-    ({"num_rounds": "many"}, "invalid config"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"strategy": {"name": "fedavgx"}}, "strategy.name"),
+        ({"strategy": {"kd": True}, "data": {"public": ""}}, "needs public data"),
+        ({"strategy": {"density": 0.0}}, "density must be in"),
+        ({"strategy": {"density": 1.5}}, "density must be in"),
+        ({"num_rounds": 0}, "num_rounds"),
+        ({"strategy": {"bn_policy": "first"}}, "bn_policy"),
+        ({"nonsense": 1}, "invalid config"),
+        ({"num_rounds": "many"}, "invalid config"),
+    ],
+)
 def test_contradictions_rejected(override, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_container(override)

@@ -14,14 +14,24 @@ EXPECTED = {"w": ((2, 2), np.dtype("float32")), "n": ((), np.dtype("int64"))}
 
 
 def make_reply(arrays: dict[str, np.ndarray], n=10, name="alpha") -> Message:
-    content = RecordDict({
-        "arrays": ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()}),
-        "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0}),
-        "client": ConfigRecord({"name": name}),
-    })
-    metadata = Metadata(run_id=1, message_id="m", src_node_id=7, dst_node_id=0,
-                        reply_to_message_id="x", group_id="", created_at=0.0, ttl=60,
-                        message_type="train")
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0}),
+            "client": ConfigRecord({"name": name}),
+        }
+    )
+    metadata = Metadata(
+        run_id=1,
+        message_id="m",
+        src_node_id=7,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="",
+        created_at=0.0,
+        ttl=60,
+        message_type="train",
+    )
     return Message(content=content, metadata=metadata)
 
 
@@ -35,14 +45,17 @@ def test_valid_reply_parsed() -> None:
     assert r.metrics["train_loss"] == 1.0
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda a: a.update(w=np.full((2, 2), np.nan, np.float32)), "NaN or Inf"),
-    (lambda a: a.update(w=np.full((2, 2), np.inf, np.float32)), "NaN or Inf"),
-    (lambda a: a.update(w=np.ones((3, 2), np.float32)), "shape"),
-    (lambda a: a.pop("n"), "missing"),
-    (lambda a: a.update(extra=np.ones(1, np.float32)), "extra"),
-    (lambda a: a.update(n=np.ones((), np.float32)), "dtype"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda a: a.update(w=np.full((2, 2), np.nan, np.float32)), "NaN or Inf"),
+        (lambda a: a.update(w=np.full((2, 2), np.inf, np.float32)), "NaN or Inf"),
+        (lambda a: a.update(w=np.ones((3, 2), np.float32)), "shape"),
+        (lambda a: a.pop("n"), "missing"),
+        (lambda a: a.update(extra=np.ones(1, np.float32)), "extra"),
+        (lambda a: a.update(n=np.ones((), np.float32)), "dtype"),
+    ],
+)
 def test_malformed_arrays(mutate, reason: str) -> None:
     arrays = good()
     mutate(arrays)

@@ -25,10 +25,13 @@ def resolve_node(node_config: dict[str, Any], cfg: Config) -> tuple[ClientSpec, 
         root = node_config.get("data-root")
         if not root:
             raise ConfigError(f"node_config names dataset {dataset!r} but no data-root")
-        spec = ClientSpec(name=str(node_config.get("name", dataset)), dataset=dataset,
-                          root=str(resolve_path(str(root))),
-                          source=str(node_config.get("source", cfg.data.source)),
-                          seed=cfg.data.seed)
+        spec = ClientSpec(
+            name=str(node_config.get("name", dataset)),
+            dataset=dataset,
+            root=str(resolve_path(str(root))),
+            source=str(node_config.get("source", cfg.data.source)),
+            seed=cfg.data.seed,
+        )
         state = node_config.get("state-dir")
         state_dir = resolve_path(str(state)) / spec.name if state else None
         return spec, state_dir
@@ -40,8 +43,9 @@ def resolve_node(node_config: dict[str, Any], cfg: Config) -> tuple[ClientSpec, 
         spec = specs[pid]
         base = cfg.state_dir or (str(Path(cfg.output_dir) / "clients") if cfg.output_dir else "")
         return spec, (resolve_path(base) / spec.name if base else None)
-    raise ConfigError("node_config has neither 'dataset' (deployment) nor 'partition-id' "
-                      "(simulation)")
+    raise ConfigError(
+        "node_config has neither 'dataset' (deployment) nor 'partition-id' (simulation)"
+    )
 
 
 @lru_cache(maxsize=16)

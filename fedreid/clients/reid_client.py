@@ -17,7 +17,13 @@ from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import DatasetError
 from fedreid.models.reid import ReIDNet, head_state, is_bn_buffer, load_shared, shared_state
-from fedreid.training import make_optimizer, plain_loader, resolve_device, train_epochs, train_loader
+from fedreid.training import (
+    make_optimizer,
+    plain_loader,
+    resolve_device,
+    train_epochs,
+    train_loader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +37,26 @@ class FitResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def ranking_metrics(model: torch.nn.Module, dataset: ReIDDataset, cfg: Config,
-                    device: torch.device, prefix: str = "") -> dict[str, float]:
+def ranking_metrics(
+    model: torch.nn.Module,
+    dataset: ReIDDataset,
+    cfg: Config,
+    device: torch.device,
+    prefix: str = "",
+) -> dict[str, float]:
     """rank-1/5/10, mAP and mINP of ``model`` on the client's own query/gallery."""
     from fedreid.evaluation import evaluate_model
 
-    res = evaluate_model(model, dataset.query, dataset.gallery, cfg.data.height, cfg.data.width,
-                         batch_size=cfg.data.eval_batch_size, device=device,
-                         num_workers=cfg.data.num_workers)
+    res = evaluate_model(
+        model,
+        dataset.query,
+        dataset.gallery,
+        cfg.data.height,
+        cfg.data.width,
+        batch_size=cfg.data.eval_batch_size,
+        device=device,
+        num_workers=cfg.data.num_workers,
+    )
     return {f"{prefix}{k}": float(res[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
 
 
@@ -79,25 +97,40 @@ class ReIDClient:
         for BN statistics under ``bn_policy=local``) plus its persisted head."""
         m = self.cfg.model
         torch.manual_seed(self.cfg.seed)
-        model = ReIDNet(self.dataset.num_train_pids, arch=m.arch, pretrained=False,
-                        last_stride=m.last_stride, embed_dim=m.embed_dim, dropout=m.dropout)
+        model = ReIDNet(
+            self.dataset.num_train_pids,
+            arch=m.arch,
+            pretrained=False,
+            last_stride=m.last_stride,
+            embed_dim=m.embed_dim,
+            dropout=m.dropout,
+        )
         own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
         if self.local_only and own is not None:
             load_shared(model, own)
         elif shared is not None:
             load_shared(model, shared, skip_bn_buffers=False)
             if self.keep_bn and own is not None:
-                model.load_state_dict({k: v for k, v in own.items() if is_bn_buffer(k)},
-                                      strict=False)
+                model.load_state_dict(
+                    {k: v for k, v in own.items() if is_bn_buffer(k)}, strict=False
+                )
         elif self.local_only and m.pretrained:
-            model = ReIDNet(self.dataset.num_train_pids, arch=m.arch, pretrained=True,
-                            last_stride=m.last_stride, embed_dim=m.embed_dim, dropout=m.dropout)
+            model = ReIDNet(
+                self.dataset.num_train_pids,
+                arch=m.arch,
+                pretrained=True,
+                last_stride=m.last_stride,
+                embed_dim=m.embed_dim,
+                dropout=m.dropout,
+            )
         head = self.state.load("head")
         if head is not None:
             if head["classifier.weight"].shape[0] != self.dataset.num_train_pids:
-                raise DatasetError(f"client {self.name}: saved head has "
-                                   f"{head['classifier.weight'].shape[0]} identities, dataset "
-                                   f"has {self.dataset.num_train_pids}; clear its state dir")
+                raise DatasetError(
+                    f"client {self.name}: saved head has "
+                    f"{head['classifier.weight'].shape[0]} identities, dataset "
+                    f"has {self.dataset.num_train_pids}; clear its state dir"
+                )
             model.load_state_dict(head, strict=False)
         memory_format = torch.channels_last if self.cfg.train.channels_last else None
         model = model.to(self.device)
@@ -105,8 +138,12 @@ class ReIDClient:
             model = model.to(memory_format=memory_format)
         return model
 
-    def fit(self, shared: dict[str, torch.Tensor] | None, server_round: int,
-            evaluate_local: bool = False) -> FitResult:
+    def fit(
+        self,
+        shared: dict[str, torch.Tensor] | None,
+        server_round: int,
+        evaluate_local: bool = False,
+    ) -> FitResult:
         """Local epochs on the received model; returns the shared part only.
 
         Args:
@@ -135,8 +172,11 @@ class ReIDClient:
             out = {}
         elif self.keep_bn:
             out = {k: v for k, v in out.items() if not is_bn_buffer(k)}
-        return FitResult(shared={k: v.cpu() for k, v in out.items()},
-                         num_examples=len(self.dataset.train), metrics=metrics)
+        return FitResult(
+            shared={k: v.cpu().contiguous() for k, v in out.items()},
+            num_examples=len(self.dataset.train),
+            metrics=metrics,
+        )
 
     def evaluate(self, shared: dict[str, torch.Tensor] | None) -> dict[str, float]:
         """Rank the client's query/gallery with the global model (its own, when local)."""

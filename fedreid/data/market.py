@@ -74,5 +74,6 @@ def load_market(root: str | Path, name: str | None = None) -> ReIDDataset:
     train = read_market_split(root / "bounding_box_train", keep_distractors=False)
     query = read_market_split(root / "query", keep_distractors=False)
     gallery = read_market_split(root / "bounding_box_test", keep_distractors=True)
-    return ReIDDataset(name=name or root.name, root=root, train=relabel(train), query=query,
-                       gallery=gallery)
+    return ReIDDataset(
+        name=name or root.name, root=root, train=relabel(train), query=query, gallery=gallery
+    )

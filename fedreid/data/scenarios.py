@@ -31,7 +31,7 @@ class ClientSpec:
 
     def load(self) -> ReIDDataset:
         """Read this client's dataset (and take its part, for the split scenarios)."""
-        ds = load_named(self.dataset, Path(self.root), self.source)
+        ds = load_named(self.dataset, Path(self.root), self.source, self.seed)
         if self.camera >= 0:
             from fedreid.data.split import camera_part
 
@@ -44,13 +44,14 @@ class ClientSpec:
         return ds
 
 
-def load_named(name: str, root: Path, source: str) -> ReIDDataset:
-    """Synthetic domains are Market-layout folders under root; real ones go through readers."""
+def load_named(name: str, root: Path, source: str, seed: int = 0) -> ReIDDataset:
+    """Synthetic domains are Market-layout folders under root; real ones go through readers
+    (``seed`` fixes the documented split of datasets without an official one)."""
     if source == "synthetic":
         return load_market(root / name, name=name)
     from fedreid.data.readers import load_dataset
 
-    return load_dataset(name, root)
+    return load_dataset(name, root, seed=seed)
 
 
 def synthetic_root(data: DataConfig) -> Path:
@@ -75,8 +76,10 @@ def client_specs(data: DataConfig) -> list[ClientSpec]:
     """All clients of the configured scenario, in partition-id order."""
     root = str(resolve_path(data.root))
     if data.scenario == "by_dataset":
-        return [ClientSpec(name=n, dataset=n, root=root, source=data.source, seed=data.seed)
-                for n in dataset_names(data)]
+        return [
+            ClientSpec(name=n, dataset=n, root=root, source=data.source, seed=data.seed)
+            for n in dataset_names(data)
+        ]
     if data.scenario in ("by_camera", "by_identity"):
         from fedreid.data.split import split_specs
 
@@ -88,13 +91,17 @@ def public_images(data: DataConfig) -> list[str]:
     """Unlabeled server-side images for distillation (every image under ``data.public``)."""
     if not data.public:
         raise ConfigError("no public data configured (data.public is empty)")
-    folder = Path(data.public)
+    from fedreid.data.readers import load_public_images
+
+    root = resolve_path(data.root)
+    folder = Path(data.public).expanduser()
     if not folder.is_absolute():
-        folder = resolve_path(data.root) / folder
-    if not folder.is_dir():
+        if (root / folder).is_dir():
+            return load_public_images(root / folder)
+        from fedreid.data.readers import DATASETS
+
+        if data.public.lower() not in DATASETS:
+            raise DatasetError(f"public data folder not found: {root / folder}")
+    elif not folder.is_dir():
         raise DatasetError(f"public data folder not found: {folder}")
-    files = sorted(str(p) for p in folder.rglob("*")
-                   if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
-    if not files:
-        raise DatasetError(f"no images in public data folder {folder}")
-    return files
+    return load_public_images(data.public, data_root=root)

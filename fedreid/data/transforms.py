@@ -1,4 +1,4 @@
-"""The standard ReID image transforms (torchvision) and a torch Dataset over ``(path, pid, camid)``."""
+"""Standard ReID image transforms (torchvision) and a torch Dataset of ``(path, pid, camid)``."""
 
 from __future__ import annotations
 

@@ -36,8 +36,11 @@ def _load_resnet(arch: str, pretrained: bool) -> nn.Module:
         try:
             return ctor(weights=weights)
         except Exception as err:  # no network / no cache: fall back, loudly
-            log.warning("ImageNet weights for %s unavailable (%s); using random init",
-                        arch, err.__class__.__name__)
+            log.warning(
+                "ImageNet weights for %s unavailable (%s); using random init",
+                arch,
+                err.__class__.__name__,
+            )
     return ctor(weights=None)
 
 
@@ -59,8 +62,15 @@ class ReIDNet(nn.Module):
         ['classifier.bias', 'classifier.weight']
     """
 
-    def __init__(self, num_classes: int, arch: str = "resnet50", pretrained: bool = False,
-                 last_stride: int = 2, embed_dim: int = 512, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        arch: str = "resnet50",
+        pretrained: bool = False,
+        last_stride: int = 2,
+        embed_dim: int = 512,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if last_stride not in (1, 2):
             raise ConfigError(f"model.last_stride must be 1 or 2, got {last_stride}")
@@ -71,9 +81,16 @@ class ReIDNet(nn.Module):
             block.downsample[0].stride = (1, 1)
         feat_dim = ARCHS[arch][2]
         self.backbone = nn.Sequential(
-            resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.bottleneck = nn.Sequential(
             nn.Linear(feat_dim, embed_dim), nn.BatchNorm1d(embed_dim), nn.Dropout(dropout)
@@ -107,7 +124,7 @@ class ReIDNet(nn.Module):
 
 
 def make_head(embed_dim: int, num_classes: int) -> nn.Linear:
-    """A freshly initialised identity classifier (normal std 0.001, zero bias, as in the reference)."""
+    """A fresh identity classifier (normal std 0.001, zero bias, as in the reference)."""
     head = nn.Linear(embed_dim, num_classes)
     nn.init.normal_(head.weight, std=0.001)
     nn.init.zeros_(head.bias)
@@ -131,8 +148,9 @@ def head_state(model: ReIDNet) -> dict[str, torch.Tensor]:
     return {k: state[k].detach().clone() for k in model.head_keys()}
 
 
-def load_shared(model: ReIDNet, shared: dict[str, torch.Tensor], *,
-                skip_bn_buffers: bool = False) -> None:
+def load_shared(
+    model: ReIDNet, shared: dict[str, torch.Tensor], *, skip_bn_buffers: bool = False
+) -> None:
     """Load the shared part into ``model``; exact key match required (else a clear error).
 
     With ``skip_bn_buffers`` the model's own BatchNorm running statistics are kept (the

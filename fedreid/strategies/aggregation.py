@@ -20,8 +20,11 @@ def normalise_weights(weights: Sequence[float]) -> list[float]:
     return list(w / total)
 
 
-def weighted_average(states: Sequence[dict[str, np.ndarray]], weights: Sequence[float],
-                     keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def weighted_average(
+    states: Sequence[dict[str, np.ndarray]],
+    weights: Sequence[float],
+    keys: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """``sum_k w_k * state_k[key]`` per key with normalised weights.
 
     Accumulates in float64 and casts back to each array's dtype; integer arrays (for example

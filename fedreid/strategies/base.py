@@ -57,9 +57,13 @@ class ReIDStrategy(FedAvg):
     """
 
     def __init__(self, cfg: Config, recorder: RunRecorder, num_clients: int) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
-                         min_train_nodes=num_clients, min_evaluate_nodes=num_clients,
-                         min_available_nodes=num_clients)
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=num_clients,
+            min_evaluate_nodes=num_clients,
+            min_available_nodes=num_clients,
+        )
         self.cfg = cfg
         self.recorder = recorder
         self.num_clients = num_clients
@@ -77,8 +81,9 @@ class ReIDStrategy(FedAvg):
         """What the clients receive for training this round (default: the global arrays)."""
         return to_record(self.global_arrays)
 
-    def aggregate_replies(self, server_round: int,
-                          replies: list[ClientReply]) -> dict[str, np.ndarray] | None:
+    def aggregate_replies(
+        self, server_round: int, replies: list[ClientReply]
+    ) -> dict[str, np.ndarray] | None:
         """New global arrays from the valid replies; None keeps the current model."""
         raise NotImplementedError
 
@@ -97,8 +102,9 @@ class ReIDStrategy(FedAvg):
     def is_eval_round(self, server_round: int) -> bool:
         return server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_rounds
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         config[CONFIG_KEY] = self._config_json
         config["evaluate-local"] = self.is_eval_round(server_round)
         for k, v in self.extra_train_config(server_round).items():
@@ -109,29 +115,49 @@ class ReIDStrategy(FedAvg):
         self._bytes_down = {m.metadata.dst_node_id: size for m in messages}
         return messages
 
-    def _valid(self, server_round: int, replies: Iterable[Message],
-               expected: dict | None) -> list[ClientReply]:
+    def _valid(
+        self, server_round: int, replies: Iterable[Message], expected: dict | None
+    ) -> list[ClientReply]:
         valid: list[ClientReply] = []
         for msg in replies:
             try:
                 valid.append(parse_reply(msg, expected))
             except UpdateError as err:
                 log.warning("round %d: excluded reply: %s", server_round, err)
-                self.recorder.server_metric(server_round, {"excluded": 1 + self.recorder._round(
-                    server_round)["server"].get("excluded", 0)})
+                self.recorder.server_metric(
+                    server_round,
+                    {
+                        "excluded": 1
+                        + self.recorder._round(server_round)["server"].get("excluded", 0)
+                    },
+                )
         return valid
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message],
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = self._valid(server_round, replies, self.expected_upload())
         for r in valid:
-            self.recorder.client(server_round, r.name, {
-                **{k: v for k, v in r.metrics.items() if k != "num-examples"},
-                "num_examples": r.num_examples, "bytes_up": r.bytes_up,
-                "bytes_down": self._bytes_down.get(r.node_id, 0)})
+            self.recorder.client(
+                server_round,
+                r.name,
+                {
+                    **{k: v for k, v in r.metrics.items() if k != "num-examples"},
+                    "num_examples": r.num_examples,
+                    "bytes_up": r.bytes_up,
+                    "bytes_down": self._bytes_down.get(r.node_id, 0),
+                },
+            )
         if len(valid) < self.cfg.strategy.min_replies:
-            log.warning("round %d: %d valid replies < strategy.min_replies=%d; round skipped, "
-                        "global model kept", server_round, len(valid), self.cfg.strategy.min_replies)
+            log.warning(
+                "round %d: %d valid replies < strategy.min_replies=%d; round skipped, "
+                "global model kept",
+                server_round,
+                len(valid),
+                self.cfg.strategy.min_replies,
+            )
             self.recorder.server_metric(server_round, {"skipped": 1})
             return None, None
         new = self.aggregate_replies(server_round, valid)
@@ -143,30 +169,36 @@ class ReIDStrategy(FedAvg):
         agg = {k: sum(r.metrics[k] * r.num_examples for r in valid) / total for k in sorted(keys)}
         return to_record(new), MetricRecord({**agg, "num-examples": total})
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if not self.is_eval_round(server_round):
             return []
         config[CONFIG_KEY] = self._config_json
-        return super().configure_evaluate(server_round, self.downlink(server_round), config,
-                                          grid)
+        return super().configure_evaluate(server_round, self.downlink(server_round), config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message],
-                           ) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> MetricRecord | None:
         valid = self._valid(server_round, replies, None)
         for r in valid:
-            self.recorder.client(server_round, r.name,
-                                 {k: v for k, v in r.metrics.items() if k != "num-examples"})
+            self.recorder.client(
+                server_round, r.name, {k: v for k, v in r.metrics.items() if k != "num-examples"}
+            )
         if not valid:
             return None
         total = sum(r.num_examples for r in valid)
         keys = set.intersection(*(set(r.metrics) for r in valid)) - {"num-examples"}
-        return MetricRecord({k: sum(r.metrics[k] * r.num_examples for r in valid) / total
-                             for k in sorted(keys)})
+        return MetricRecord(
+            {k: sum(r.metrics[k] * r.num_examples for r in valid) / total for k in sorted(keys)}
+        )
 
     # -- the round loop -------------------------------------------------------------------------
-    def _exchange(self, grid: Grid, messages: list[Message], server_round: int, phase: str,
-                  timeout: float) -> list[Message]:
+    def _exchange(
+        self, grid: Grid, messages: list[Message], server_round: int, phase: str, timeout: float
+    ) -> list[Message]:
         """Push messages, then pull replies as they come, logging progress and ETA."""
         if not messages:
             return []
@@ -183,8 +215,13 @@ class ReIDStrategy(FedAvg):
             if pending:
                 time.sleep(0.2)
         if pending:
-            log.warning("round %d %s: %d client(s) timed out after %.0fs", server_round, phase,
-                        len(pending), timeout)
+            log.warning(
+                "round %d %s: %d client(s) timed out after %.0fs",
+                server_round,
+                phase,
+                len(pending),
+                timeout,
+            )
             self.recorder.server_metric(server_round, {f"{phase}_timeouts": len(pending)})
         return replies
 
@@ -194,19 +231,33 @@ class ReIDStrategy(FedAvg):
         completed = server_round - self._first_round + done / max(1, total)
         remaining = self.cfg.num_rounds - self._first_round + 1 - completed
         eta = span / completed * remaining if completed > 0 else 0.0
-        log.info("round %d/%d %s: %d/%d clients done | elapsed %s | ETA %s", server_round,
-                 self.cfg.num_rounds, phase, done, total, _fmt(elapsed), _fmt(eta))
+        log.info(
+            "round %d/%d %s: %d/%d clients done | elapsed %s | ETA %s",
+            server_round,
+            self.cfg.num_rounds,
+            phase,
+            done,
+            total,
+            _fmt(elapsed),
+            _fmt(eta),
+        )
 
     def save_checkpoint(self, server_round: int) -> None:
         """Atomically save everything needed to continue after ``server_round``."""
-        atomic_torch_save({
-            "round": server_round,
-            "arrays": {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()},
-            "strategy": self.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state()},
-            "results": self.recorder.payload("running"),
-        }, self.checkpoint_path)
+        atomic_torch_save(
+            {
+                "round": server_round,
+                "arrays": {k: torch.from_numpy(np.array(v)) for k, v in self.global_arrays.items()},
+                "strategy": self.state_dict(),
+                "rng": {
+                    "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                },
+                "results": self.recorder.payload("running"),
+            },
+            self.checkpoint_path,
+        )
 
     def load_checkpoint(self, path: Path) -> int:
         """Restore from ``path``; returns the last completed round."""
@@ -219,9 +270,16 @@ class ReIDStrategy(FedAvg):
         self.recorder.load(ckpt["results"])
         return int(ckpt["round"])
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn=None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+    ) -> Result:
         """Flower's round loop plus per-round checkpoints and resume (``cfg.resume``)."""
         result = Result()
         self.global_arrays = to_numpy_dict(initial_arrays)
@@ -231,11 +289,19 @@ class ReIDStrategy(FedAvg):
             log.info("resuming after round %d from %s", first - 1, self.checkpoint_path)
         self._first_round = first
         self._elapsed_at_start = self.recorder.elapsed()
-        log.info("%s: %d clients, rounds %d..%d", self.__class__.__name__, self.num_clients,
-                 first, num_rounds)
+        log.info(
+            "%s: %d clients, rounds %d..%d",
+            self.__class__.__name__,
+            self.num_clients,
+            first,
+            num_rounds,
+        )
         for rnd in range(first, num_rounds + 1):
-            msgs = list(self.configure_train(rnd, to_record(self.global_arrays),
-                                             ConfigRecord(dict(train_config or {})), grid))
+            msgs = list(
+                self.configure_train(
+                    rnd, to_record(self.global_arrays), ConfigRecord(dict(train_config or {})), grid
+                )
+            )
             t0 = time.perf_counter()
             replies = self._exchange(grid, msgs, rnd, "train", timeout)
             t1 = time.perf_counter()
@@ -243,16 +309,32 @@ class ReIDStrategy(FedAvg):
             t2 = time.perf_counter()
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
-            msgs = list(self.configure_evaluate(rnd, to_record(self.global_arrays),
-                                                ConfigRecord(dict(evaluate_config or {})), grid))
+            msgs = list(
+                self.configure_evaluate(
+                    rnd,
+                    to_record(self.global_arrays),
+                    ConfigRecord(dict(evaluate_config or {})),
+                    grid,
+                )
+            )
             replies = self._exchange(grid, msgs, rnd, "evaluate", timeout)
             eval_metrics = self.aggregate_evaluate(rnd, replies) if msgs else None
-            self.recorder.server_metric(rnd, {"train_phase_s": t1 - t0, "aggregate_s": t2 - t1,
-                                              "evaluate_phase_s": time.perf_counter() - t2})
+            self.recorder.server_metric(
+                rnd,
+                {
+                    "train_phase_s": t1 - t0,
+                    "aggregate_s": t2 - t1,
+                    "evaluate_phase_s": time.perf_counter() - t2,
+                },
+            )
             if eval_metrics is not None:
                 result.evaluate_metrics_clientapp[rnd] = eval_metrics
-                log.info("round %d: mean rank-1 %.1f%% mAP %.1f%%", rnd,
-                         100 * eval_metrics.get("rank1", 0.0), 100 * eval_metrics.get("mAP", 0.0))
+                log.info(
+                    "round %d: mean rank-1 %.1f%% mAP %.1f%%",
+                    rnd,
+                    100 * eval_metrics.get("rank1", 0.0),
+                    100 * eval_metrics.get("mAP", 0.0),
+                )
             self.recorder.end_round(rnd)
             self.save_checkpoint(rnd)
         result.arrays = to_record(self.global_arrays)

@@ -16,8 +16,10 @@ def logit_distance(old: torch.Tensor, new: torch.Tensor) -> float:
     ``new`` = logits of the trained model with the trained head, on the same images.
     """
     if old.shape != new.shape or old.ndim != 2 or old.shape[0] == 0:
-        raise ValueError(f"logit matrices must be equal non-empty [N, C], got "
-                         f"{tuple(old.shape)} and {tuple(new.shape)}")
+        raise ValueError(
+            f"logit matrices must be equal non-empty [N, C], got "
+            f"{tuple(old.shape)} and {tuple(new.shape)}"
+        )
     return float((1.0 - F.cosine_similarity(old.double(), new.double(), dim=1)).mean())
 
 

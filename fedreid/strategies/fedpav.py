@@ -38,8 +38,9 @@ class FedPav(ReIDStrategy):
             return {k: (v.shape, v.dtype) for k, v in keys.items() if not is_bn_buffer(k)}
         return {k: (v.shape, v.dtype) for k, v in keys.items()}
 
-    def client_weights(self, server_round: int, replies: list[ClientReply]
-                       ) -> tuple[list[ClientReply], list[float]]:
+    def client_weights(
+        self, server_round: int, replies: list[ClientReply]
+    ) -> tuple[list[ClientReply], list[float]]:
         """Sample-count weights, or CDW distances (invalid ones excluded with a reason)."""
         if not self.cfg.strategy.cdw:
             return replies, [float(r.num_examples) for r in replies]
@@ -47,22 +48,25 @@ class FedPav(ReIDStrategy):
         for r in replies:
             d = r.metrics.get("cdw_distance")
             if d is None or not math.isfinite(d) or d < 0:
-                log.warning("round %d: excluded %s: invalid cdw_distance %r", server_round,
-                            r.name, d)
+                log.warning(
+                    "round %d: excluded %s: invalid cdw_distance %r", server_round, r.name, d
+                )
                 continue
             kept.append(r)
         if not kept:
             return [], []
         weights = cdw_weights([r.metrics["cdw_distance"] for r in kept])
         if weights is None:
-            log.warning("round %d: all cosine distances are ~0; falling back to sample counts",
-                        server_round)
+            log.warning(
+                "round %d: all cosine distances are ~0; falling back to sample counts", server_round
+            )
             self.recorder.server_metric(server_round, {"cdw_fallback": 1})
             return kept, [float(r.num_examples) for r in kept]
         return kept, weights
 
-    def aggregate_replies(self, server_round: int,
-                          replies: list[ClientReply]) -> dict[str, np.ndarray] | None:
+    def aggregate_replies(
+        self, server_round: int, replies: list[ClientReply]
+    ) -> dict[str, np.ndarray] | None:
         replies, weights = self.client_weights(server_round, replies)
         if len(replies) < self.cfg.strategy.min_replies:
             log.warning("round %d: too few usable replies; global model kept", server_round)
@@ -76,8 +80,9 @@ class FedPav(ReIDStrategy):
             new = self.distill(server_round, new, replies)
         return new
 
-    def distill(self, server_round: int, student: dict[str, np.ndarray],
-                teachers: list[ClientReply]) -> dict[str, np.ndarray]:
+    def distill(
+        self, server_round: int, student: dict[str, np.ndarray], teachers: list[ClientReply]
+    ) -> dict[str, np.ndarray]:
         """Server-side knowledge distillation (see :mod:`fedreid.strategies.distill`)."""
         from fedreid.strategies.distill import distill_round
 
@@ -99,6 +104,7 @@ class LocalTraining(FedPav):
 
         return ArrayRecord()
 
-    def aggregate_replies(self, server_round: int,
-                          replies: list[ClientReply]) -> dict[str, np.ndarray] | None:
+    def aggregate_replies(
+        self, server_round: int, replies: list[ClientReply]
+    ) -> dict[str, np.ndarray] | None:
         return dict(self.global_arrays)

@@ -34,8 +34,12 @@ def reply_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
-def parse_reply(msg: Message, expected: dict[str, tuple[tuple[int, ...], np.dtype]] | None,
-                *, arrays_key: str = "arrays") -> ClientReply:
+def parse_reply(
+    msg: Message,
+    expected: dict[str, tuple[tuple[int, ...], np.dtype]] | None,
+    *,
+    arrays_key: str = "arrays",
+) -> ClientReply:
     """Validate a training reply against the expected keys/shapes; raise UpdateError if bad.
 
     Args:
@@ -52,15 +56,22 @@ def parse_reply(msg: Message, expected: dict[str, tuple[tuple[int, ...], np.dtyp
         raise UpdateError(f"{name}: expected one MetricRecord, got {len(metric_records)}")
     metrics = dict(metric_records[0])
     n = metrics.get("num-examples")
-    if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n) \
-            or n <= 0 or n != int(n) or n > MAX_EXAMPLES:
+    if (
+        not isinstance(n, (int, float))
+        or isinstance(n, bool)
+        or not math.isfinite(n)
+        or n <= 0
+        or n != int(n)
+        or n > MAX_EXAMPLES
+    ):
         raise UpdateError(f"{name}: impossible num-examples {n!r}")
     clean: dict[str, float] = {}
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             clean[k] = float(v)
-    reply = ClientReply(node_id=msg.metadata.src_node_id, name=name, num_examples=int(n),
-                        metrics=clean, message=msg)
+    reply = ClientReply(
+        node_id=msg.metadata.src_node_id, name=name, num_examples=int(n), metrics=clean, message=msg
+    )
     if expected is None:
         return reply
     if arrays_key not in content.array_records or len(content.array_records) != 1:

@@ -1,0 +1,251 @@
+"""Fault injection for reliability tests: a client that misbehaves on purpose.
+
+Selected by the ``fault`` section of the config (off by default). A fault is a *kind*, the
+*client* (by name) that shows it and the *rounds* in which it does::
+
+    fault.kind=nan fault.client=ilids fault.rounds=[2,3]          # one kind
+    fault.schedule=[1:raise:ilids,2:shape:ilids,3:nan:cuhk03]     # ROUND:KIND:CLIENT entries
+
+Kinds (the server must exclude the reply with a logged reason, or time it out):
+
+============== ================================================================================
+``raise``      the ClientApp raises: Flower sends an error reply
+``sleep``      the client sleeps ``fault.sleep_s`` (default ``round_timeout_s + 10``), then
+               trains: its reply comes after the server stopped waiting
+``nan``        one floating-point tensor of the update is all NaN
+``inf``        one floating-point tensor of the update holds +Inf
+``shape``      one tensor loses its last row (wrong shape)
+``dtype``      one floating-point tensor is sent as int32
+``missing_key`` one expected tensor is left out
+``extra_key``  an unexpected tensor is added (as if the private head leaked)
+``num_examples`` the reply claims ``-num_examples`` training images (impossible)
+============== ================================================================================
+
+``fault.phase`` picks the message type: ``train`` (default), ``evaluate`` or ``both``. In
+evaluation replies (no tensors are uploaded) ``raise`` and ``sleep`` act as above and ``nan``
+makes every ranking metric NaN; the other kinds do nothing there.
+
+The wrapper changes nothing but the reply, so the faulty client's data, head and state are
+those of a healthy client (a fault in one round does not leak into the next).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedreid.errors import ConfigError, FedReIDError
+
+log = logging.getLogger("fedreid")
+
+FAULT_KINDS = (
+    "raise",
+    "sleep",
+    "nan",
+    "inf",
+    "shape",
+    "dtype",
+    "missing_key",
+    "extra_key",
+    "num_examples",
+)
+"""Every kind :class:`FaultyClient` knows."""
+EVALUATE_KINDS = ("raise", "sleep", "nan")
+"""Kinds that make sense for evaluation replies (no tensors are uploaded there)."""
+FAULT_PHASES = ("train", "evaluate", "both")
+EXTRA_KEY = "classifier.weight"
+
+
+class InjectedFault(FedReIDError, RuntimeError):
+    """Raised by a client told to fail (``fault.kind=raise``)."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: ``kind`` shown by ``client`` in ``round`` (0 = every round)."""
+
+    kind: str
+    client: str
+    round: int = 0
+
+
+def _field(section: Any, name: str, default: Any) -> Any:
+    return getattr(section, name, default) if section is not None else default
+
+
+def scheduled_faults(cfg: Any) -> list[Fault]:
+    """All faults of ``cfg.fault`` (``kind``/``client``/``rounds`` plus ``schedule``).
+
+    Raises:
+        ConfigError: an unknown kind or phase, a kind without a client, a malformed entry.
+    """
+    section = getattr(cfg, "fault", None)
+    kind = str(_field(section, "kind", "") or "")
+    client = str(_field(section, "client", "") or "")
+    rounds = [int(r) for r in (_field(section, "rounds", []) or [])]
+    schedule = [str(s) for s in (_field(section, "schedule", []) or [])]
+    phase = str(_field(section, "phase", "train") or "train")
+    faults: list[Fault] = []
+    if kind:
+        if not client:
+            raise ConfigError(f"fault.kind={kind!r} needs fault.client (a client name)")
+        faults += [Fault(kind, client, r) for r in rounds] if rounds else [Fault(kind, client)]
+    elif client or rounds:
+        raise ConfigError("fault.client/fault.rounds are set but fault.kind is empty")
+    for entry in schedule:
+        parts = entry.split(":")
+        if len(parts) != 3 or not parts[0].strip().isdigit() or not parts[2].strip():
+            raise ConfigError(
+                f"fault.schedule entry {entry!r}: expected ROUND:KIND:CLIENT, e.g. 3:nan:cuhk03"
+            )
+        faults.append(Fault(parts[1].strip(), parts[2].strip(), int(parts[0])))
+    for f in faults:
+        if f.kind not in FAULT_KINDS:
+            raise ConfigError(f"fault kind {f.kind!r} is not one of {', '.join(FAULT_KINDS)}")
+        if f.round < 0:
+            raise ConfigError(f"fault round must be >= 1, got {f.round}")
+    if phase not in FAULT_PHASES:
+        raise ConfigError(f"fault.phase={phase!r} must be one of {FAULT_PHASES}")
+    sleep_s = float(_field(section, "sleep_s", 0.0) or 0.0)
+    if sleep_s < 0 or not math.isfinite(sleep_s):
+        raise ConfigError(f"fault.sleep_s must be >= 0, got {sleep_s}")
+    return faults
+
+
+def validate_faults(cfg: Any) -> None:
+    """Config-time check of the ``fault`` section (for :func:`fedreid.config.validate`)."""
+    scheduled_faults(cfg)
+
+
+def fault_for(cfg: Any, client: str, server_round: int) -> str:
+    """The fault kind ``client`` shows in ``server_round`` ("" = none; first entry wins)."""
+    for f in scheduled_faults(cfg):
+        if f.client == client and f.round in (0, server_round):
+            return f.kind
+    return ""
+
+
+def maybe_faulty(cfg: Any, client: Any, server_round: int) -> Any:
+    """``client`` itself, or a :class:`FaultyClient` when a fault is scheduled for it now."""
+    kind = fault_for(cfg, client.name, server_round)
+    if not kind:
+        return client
+    section = getattr(cfg, "fault", None)
+    sleep_s = float(_field(section, "sleep_s", 0.0) or 0.0) or float(cfg.round_timeout_s) + 10
+    phase = str(_field(section, "phase", "train") or "train")
+    return FaultyClient(client, kind, server_round, sleep_s=sleep_s, phase=phase)
+
+
+class FaultyClient:
+    """Wraps a client (``fit``/``evaluate`` like :class:`~fedreid.clients.reid_client.ReIDClient`)
+    and corrupts its reply in one of the :data:`FAULT_KINDS` ways.
+
+    Args:
+        inner: the healthy client.
+        kind: one of :data:`FAULT_KINDS`.
+        server_round: the round this message belongs to (for the log line).
+        sleep_s: how long ``sleep`` sleeps.
+        phase: ``train``, ``evaluate`` or ``both``.
+
+    Every other attribute (``name``, ``dataset``, ...) is the inner client's.
+    """
+
+    def __init__(
+        self, inner: Any, kind: str, server_round: int, sleep_s: float = 30.0, phase: str = "train"
+    ) -> None:
+        if kind not in FAULT_KINDS:
+            raise ConfigError(f"fault kind {kind!r} is not one of {', '.join(FAULT_KINDS)}")
+        self.inner = inner
+        self.kind = kind
+        self.server_round = server_round
+        self.sleep_s = sleep_s
+        self.phase = phase
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _active(self, phase: str) -> bool:
+        if self.phase not in (phase, "both"):
+            return False
+        return phase == "train" or self.kind in EVALUATE_KINDS
+
+    def _before(self, phase: str) -> None:
+        log.warning(
+            "fault injection: client %s, round %d, %s: %s",
+            self.inner.name,
+            self.server_round,
+            phase,
+            self.kind,
+        )
+        if self.kind == "raise":
+            raise InjectedFault(
+                f"injected fault: client {self.inner.name} fails in round "
+                f"{self.server_round} ({phase})"
+            )
+        if self.kind == "sleep":
+            time.sleep(self.sleep_s)
+
+    def fit(self, shared: Any, server_round: int, evaluate_local: bool = False) -> Any:
+        """The inner client's fit, with the reply corrupted."""
+        if not self._active("train"):
+            return self.inner.fit(shared, server_round, evaluate_local=evaluate_local)
+        self._before("train")
+        result = self.inner.fit(shared, server_round, evaluate_local=evaluate_local)
+        if self.kind == "num_examples":
+            return replace(result, num_examples=-max(1, int(result.num_examples)))
+        if hasattr(result, "shared"):
+            return replace(result, shared=corrupt(result.shared, self.kind))
+        if hasattr(result, "arrays"):  # mask-bit clients reply with an ArrayRecord
+            from flwr.app import Array, ArrayRecord
+
+            arrays = {k: v.numpy() for k, v in result.arrays.items()}
+            bad = corrupt({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, self.kind)
+            record = ArrayRecord(
+                array_dict={k: Array(np.ascontiguousarray(v.numpy())) for k, v in bad.items()}
+            )
+            return replace(result, arrays=record)
+        return result
+
+    def evaluate(self, shared: Any) -> dict[str, float]:
+        """The inner client's evaluation; ``raise``/``sleep`` apply, ``nan`` NaNs the metrics."""
+        if not self._active("evaluate"):
+            return self.inner.evaluate(shared)
+        self._before("evaluate")
+        metrics = self.inner.evaluate(shared)
+        if self.kind == "nan":
+            return {k: float("nan") for k in metrics}
+        return metrics
+
+
+def corrupt(tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """A copy of an update with one ``kind`` fault (tensor kinds only; others: unchanged)."""
+    out = dict(tensors)
+    if not out:
+        if kind == "extra_key":
+            out[EXTRA_KEY] = torch.zeros(2, 2)
+        return out
+    floats = [k for k, v in out.items() if v.is_floating_point() and v.numel() > 0]
+    key = floats[0] if floats else next(iter(out))
+    if kind == "nan":
+        out[key] = torch.full_like(out[key], float("nan"))
+    elif kind == "inf":
+        bad = out[key].clone()
+        bad.view(-1)[0] = float("inf")
+        out[key] = bad
+    elif kind == "shape":
+        big = max(out, key=lambda k: out[k].dim())
+        t = out[big]
+        out[big] = t[:-1].clone() if t.dim() > 0 and t.shape[0] > 1 else torch.zeros(3, 3)
+    elif kind == "dtype":
+        out[key] = out[key].to(torch.int32)
+    elif kind == "missing_key":
+        del out[key]
+    elif kind == "extra_key":
+        out[EXTRA_KEY] = torch.zeros(2, 2)
+    return out
