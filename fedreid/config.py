@@ -19,7 +19,15 @@ from fedreid.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-STRATEGIES = ("local", "fedpav", "fedpav_cdw", "fedpav_kd", "fedpav_cdw_kd", "hidenseek")
+STRATEGIES = (
+    "local",
+    "fedpav",
+    "fedpav_cdw",
+    "fedpav_kd",
+    "fedpav_cdw_kd",
+    "hidenseek",
+    "fedavg",
+)
 BN_POLICIES = ("average", "local")
 
 
@@ -90,8 +98,35 @@ class StrategyConfig:
     kd_max_batches: int = 0
     density: float = 0.05  # hidenseek: fraction of shared conv/linear weights kept
     synflow_iterations: int = 100
+    synflow_min_per_layer: int = 16  # floor per layer (plain SynFlow can empty a shortcut)
+    score_magnitude: float = 0.0  # |initial score|; 0 = each layer's mean |w0|
     mask_mode: str = "sign"  # hidenseek: sign | binary
     score_lr: float = 0.1
+
+
+@dataclass
+class ClassificationConfig:
+    """HideNseek's own setting: image classification with non-IID Dirichlet partitions."""
+
+    dataset: str = "digits"  # digits (scikit-learn, offline) | mnist | emnist | cifar10
+    data_dir: str = "data/classification"  # torchvision datasets are read/downloaded here
+    num_clients: int = 5
+    alpha: float = 0.5  # Dirichlet concentration of the label partition (smaller = less IID)
+    model: str = "conv4"  # conv4 | resnet18
+    batch_size: int = 32
+    lr: float = 0.01  # dense training (FedAvg baseline) learning rate
+    test_fraction: float = 0.2  # per-client held-out share for federated evaluation
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection for reliability tests: one named client misbehaves on given rounds."""
+
+    kind: str = ""  # "" (off) | raise | timeout | nan | inf | shape | missing_key | extra_key
+    #                  | num_examples
+    client: str = ""  # the client name that misbehaves
+    rounds: list[int] = field(default_factory=list)  # [] = every round
+    sleep_s: float = 60.0  # for kind=timeout
 
 
 @dataclass
@@ -113,6 +148,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    task: str = "reid"  # reid | classification
     num_rounds: int = 10
     eval_every: int = 2  # federated evaluation every k rounds (and always at the last round)
     seed: int = 0
@@ -184,6 +222,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "train.device=cuda needs client_gpus > 0 (Ray hides GPUs from "
             "clients that ask for none)"
+        )
+    if cfg.task not in ("reid", "classification"):
+        raise ConfigError(f"task must be reid or classification, got {cfg.task!r}")
+    if cfg.task == "classification" and s.name not in ("fedavg", "hidenseek"):
+        raise ConfigError(
+            f"task=classification supports strategy fedavg or hidenseek, not {s.name!r}"
         )
     if cfg.data.source not in ("synthetic", "real"):
         raise ConfigError(f"data.source must be synthetic or real, got {cfg.data.source!r}")
