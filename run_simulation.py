@@ -27,6 +27,7 @@ log = logging.getLogger("fedreid")
 def prepare(cfg: Config) -> int:
     """Fail fast before Flower starts: make/check the data, count clients, load each once."""
     from fedreid.data.scenarios import client_specs, public_images, synthetic_root
+    from fedreid.data.types import verify_images
 
     if cfg.data.source == "synthetic":
         synthetic_root(cfg.data)
@@ -35,6 +36,7 @@ def prepare(cfg: Config) -> int:
         ds = spec.load()
         if not ds.train or not ds.query or not ds.gallery:
             raise FedReIDError(f"client {spec.name}: empty train, query or gallery split")
+        verify_images(ds)
     if cfg.strategy.kd:
         public_images(cfg.data)
     return len(specs)
@@ -42,12 +44,12 @@ def prepare(cfg: Config) -> int:
 
 def simulate(cfg: Config) -> str:
     """Run the configured job in-process on Flower's simulation engine; returns the run folder."""
+    num_clients = prepare(cfg)  # before the heavy imports: bad data fails fast
     from flwr.simulation import run_simulation
 
     from fedreid.client_app import app as client_app
     from fedreid.server_app import make_server_app, prepare_output_dir
 
-    num_clients = prepare(cfg)
     prepare_output_dir(cfg)  # fails before Flower starts if it would overwrite a run
     cfg.overwrite = True  # the folder is ours now (run_server checks again)
     backend = {

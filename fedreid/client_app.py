@@ -25,16 +25,29 @@ app = ClientApp()
 def build_client(msg: Message, context: Context):
     """The run config from the message, this node's data, and the right client wrapper."""
     cfg = Config.from_json(str(msg.content["config"][CONFIG_KEY]))
+    if cfg.task == "classification":
+        from fedreid.clients.classification_client import build_classification_client
+
+        client = build_classification_client(
+            cfg, dict(context.node_config), context.state, dict(msg.content["config"])
+        )
+        return cfg, client
     spec, state_dir = resolve_node(dict(context.node_config), cfg)
     dataset = load_spec(spec)
     state = ClientState(context.state, state_dir)
     if cfg.strategy.name == "hidenseek":
         from fedreid.clients.hidenseek_client import HideNseekClient
 
-        return cfg, HideNseekClient(cfg, spec.name, dataset, state)
-    from fedreid.clients.reid_client import ReIDClient
+        client = HideNseekClient(cfg, spec.name, dataset, state, dict(msg.content["config"]))
+    else:
+        from fedreid.clients.reid_client import ReIDClient
 
-    return cfg, ReIDClient(cfg, spec.name, dataset, state)
+        client = ReIDClient(cfg, spec.name, dataset, state)
+    if cfg.fault.kind or cfg.fault.schedule:
+        from fedreid.clients.faulty import maybe_faulty
+
+        client = maybe_faulty(cfg, client, int(msg.content["config"].get("server-round", 0)))
+    return cfg, client
 
 
 def received_arrays(msg: Message) -> dict[str, torch.Tensor] | None:
@@ -84,4 +97,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Rank the client's own query/gallery with the received global model."""
     cfg, client = build_client(msg, context)
     metrics = client.evaluate(received_arrays(msg))
-    return reply(msg, client.name, metrics, len(client.dataset.query))
+    num_eval = getattr(client, "num_eval_examples", None) or len(client.dataset.query)
+    return reply(msg, client.name, metrics, num_eval)

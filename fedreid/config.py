@@ -122,11 +122,13 @@ class ClassificationConfig:
 class FaultConfig:
     """Fault injection for reliability tests: one named client misbehaves on given rounds."""
 
-    kind: str = ""  # "" (off) | raise | timeout | nan | inf | shape | missing_key | extra_key
-    #                  | num_examples
+    kind: str = ""  # "" (off) | raise | timeout | nan | inf | shape | dtype | missing_key
+    #                  | extra_key | num_examples
     client: str = ""  # the client name that misbehaves
     rounds: list[int] = field(default_factory=list)  # [] = every round
     sleep_s: float = 60.0  # for kind=timeout
+    schedule: list[str] = field(default_factory=list)  # more faults, "ROUND:KIND:CLIENT"
+    phase: str = "train"  # train | evaluate | both
 
 
 @dataclass
@@ -223,6 +225,11 @@ def validate(cfg: Config) -> None:
             "train.device=cuda needs client_gpus > 0 (Ray hides GPUs from "
             "clients that ask for none)"
         )
+    f = cfg.fault
+    if f.kind or f.client or f.rounds or f.schedule or f.phase != "train":
+        from fedreid.clients.faulty import validate_faults
+
+        validate_faults(cfg)
     if cfg.task not in ("reid", "classification"):
         raise ConfigError(f"task must be reid or classification, got {cfg.task!r}")
     if cfg.task == "classification" and s.name not in ("fedavg", "hidenseek"):

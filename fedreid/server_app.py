@@ -32,7 +32,7 @@ def build_strategy(cfg: Config, recorder: RunRecorder, num_clients: int):
         from fedreid.strategies.fedpav import LocalTraining
 
         return LocalTraining(cfg, recorder, num_clients)
-    if name.startswith("fedpav"):
+    if name.startswith("fedpav") or name == "fedavg":  # no local head: FedPav == FedAvg
         from fedreid.strategies.fedpav import FedPav
 
         return FedPav(cfg, recorder, num_clients)
@@ -79,14 +79,21 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     cfg.data.root = str(resolve_path(cfg.data.root))  # clients may run elsewhere: absolute
     if cfg.state_dir:
         cfg.state_dir = str(resolve_path(cfg.state_dir))
-    num_clients = len(client_specs(cfg.data))
+    if cfg.task == "classification":
+        cfg.classification.data_dir = str(resolve_path(cfg.classification.data_dir))
+        num_clients = cfg.classification.num_clients
+    else:
+        num_clients = len(client_specs(cfg.data))
     recorder = RunRecorder(out, cfg.to_dict(), cfg.wandb.__dict__)
     strategy = build_strategy(cfg, recorder, num_clients)
-    initial = (
-        strategy.initial_arrays()
-        if hasattr(strategy, "initial_arrays")
-        else ArrayRecord(torch_state_dict=shared_state(initial_model(cfg)))
-    )
+    if hasattr(strategy, "initial_arrays"):
+        initial = strategy.initial_arrays()
+    elif cfg.task == "classification":
+        from fedreid.clients.classification_client import initial_state
+
+        initial = ArrayRecord(torch_state_dict=initial_state(cfg))
+    else:
+        initial = ArrayRecord(torch_state_dict=shared_state(initial_model(cfg)))
     result = strategy.start(grid, initial, num_rounds=cfg.num_rounds, timeout=cfg.round_timeout_s)
     final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
     recorder.finish(final)
@@ -111,11 +118,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run`` entry: compose conf/ with the run config's ``overrides`` and run."""
+    if not log.handlers:  # `flwr log` shows progress, ETA and per-round ranks
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
     rc = context.run_config
     cfg = compose(shlex.split(str(rc.get("overrides", ""))))
     if rc.get("output-dir"):
         cfg.output_dir = str(rc["output-dir"])
-    if cfg.data.source == "synthetic":
+    if cfg.task == "reid" and cfg.data.source == "synthetic":
         from fedreid.data.scenarios import synthetic_root
 
         synthetic_root(cfg.data)

@@ -10,7 +10,7 @@ Kinds (the server must exclude the reply with a logged reason, or time it out):
 
 ============== ================================================================================
 ``raise``      the ClientApp raises: Flower sends an error reply
-``sleep``      the client sleeps ``fault.sleep_s`` (default ``round_timeout_s + 10``), then
+``timeout``    the client sleeps ``fault.sleep_s`` (0: ``round_timeout_s + 10``), then
                trains: its reply comes after the server stopped waiting
 ``nan``        one floating-point tensor of the update is all NaN
 ``inf``        one floating-point tensor of the update holds +Inf
@@ -22,7 +22,7 @@ Kinds (the server must exclude the reply with a logged reason, or time it out):
 ============== ================================================================================
 
 ``fault.phase`` picks the message type: ``train`` (default), ``evaluate`` or ``both``. In
-evaluation replies (no tensors are uploaded) ``raise`` and ``sleep`` act as above and ``nan``
+evaluation replies (no tensors are uploaded) ``raise`` and ``timeout`` act as above and ``nan``
 makes every ranking metric NaN; the other kinds do nothing there.
 
 The wrapper changes nothing but the reply, so the faulty client's data, head and state are
@@ -46,7 +46,7 @@ log = logging.getLogger("fedreid")
 
 FAULT_KINDS = (
     "raise",
-    "sleep",
+    "timeout",
     "nan",
     "inf",
     "shape",
@@ -56,7 +56,7 @@ FAULT_KINDS = (
     "num_examples",
 )
 """Every kind :class:`FaultyClient` knows."""
-EVALUATE_KINDS = ("raise", "sleep", "nan")
+EVALUATE_KINDS = ("raise", "timeout", "nan")
 """Kinds that make sense for evaluation replies (no tensors are uploaded there)."""
 FAULT_PHASES = ("train", "evaluate", "both")
 EXTRA_KEY = "classifier.weight"
@@ -91,6 +91,8 @@ def scheduled_faults(cfg: Any) -> list[Fault]:
     rounds = [int(r) for r in (_field(section, "rounds", []) or [])]
     schedule = [str(s) for s in (_field(section, "schedule", []) or [])]
     phase = str(_field(section, "phase", "train") or "train")
+    if any(r < 1 for r in rounds):
+        raise ConfigError(f"fault.rounds must be rounds >= 1, got {rounds}")
     faults: list[Fault] = []
     if kind:
         if not client:
@@ -104,12 +106,12 @@ def scheduled_faults(cfg: Any) -> list[Fault]:
             raise ConfigError(
                 f"fault.schedule entry {entry!r}: expected ROUND:KIND:CLIENT, e.g. 3:nan:cuhk03"
             )
+        if int(parts[0]) < 1:
+            raise ConfigError(f"fault.schedule entry {entry!r}: rounds start at 1")
         faults.append(Fault(parts[1].strip(), parts[2].strip(), int(parts[0])))
     for f in faults:
         if f.kind not in FAULT_KINDS:
             raise ConfigError(f"fault kind {f.kind!r} is not one of {', '.join(FAULT_KINDS)}")
-        if f.round < 0:
-            raise ConfigError(f"fault round must be >= 1, got {f.round}")
     if phase not in FAULT_PHASES:
         raise ConfigError(f"fault.phase={phase!r} must be one of {FAULT_PHASES}")
     sleep_s = float(_field(section, "sleep_s", 0.0) or 0.0)
@@ -150,7 +152,7 @@ class FaultyClient:
         inner: the healthy client.
         kind: one of :data:`FAULT_KINDS`.
         server_round: the round this message belongs to (for the log line).
-        sleep_s: how long ``sleep`` sleeps.
+        sleep_s: how long ``timeout`` sleeps.
         phase: ``train``, ``evaluate`` or ``both``.
 
     Every other attribute (``name``, ``dataset``, ...) is the inner client's.
@@ -188,7 +190,7 @@ class FaultyClient:
                 f"injected fault: client {self.inner.name} fails in round "
                 f"{self.server_round} ({phase})"
             )
-        if self.kind == "sleep":
+        if self.kind == "timeout":
             time.sleep(self.sleep_s)
 
     def fit(self, shared: Any, server_round: int, evaluate_local: bool = False) -> Any:
@@ -207,13 +209,13 @@ class FaultyClient:
             arrays = {k: v.numpy() for k, v in result.arrays.items()}
             bad = corrupt({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, self.kind)
             record = ArrayRecord(
-                array_dict={k: Array(np.ascontiguousarray(v.numpy())) for k, v in bad.items()}
+                array_dict={k: Array(np.asarray(v.numpy(), order="C")) for k, v in bad.items()}
             )
             return replace(result, arrays=record)
         return result
 
     def evaluate(self, shared: Any) -> dict[str, float]:
-        """The inner client's evaluation; ``raise``/``sleep`` apply, ``nan`` NaNs the metrics."""
+        """The inner client's evaluation; ``raise``/``timeout`` apply, ``nan`` NaNs the metrics."""
         if not self._active("evaluate"):
             return self.inner.evaluate(shared)
         self._before("evaluate")

@@ -153,6 +153,7 @@ class ReIDClient:
         """
         model = self.build_model(shared)
         seed = self.cfg.seed * 100_003 + server_round
+        torch.manual_seed(seed)  # dropout and augmentation differ per round, reproducibly
         loader = train_loader(self.dataset.train, self.cfg.data, seed=seed)
         cdw_batches = self._cdw_batches() if self.cfg.strategy.cdw else None
         old_logits = self._logits(model, cdw_batches) if cdw_batches else None

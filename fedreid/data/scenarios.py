@@ -63,12 +63,22 @@ def synthetic_root(data: DataConfig) -> Path:
 
 def dataset_names(data: DataConfig) -> list[str]:
     """The client datasets: ``data.datasets`` or, for synthetic data, all preset domains."""
-    if data.datasets:
-        return list(data.datasets)
+    names = list(data.datasets)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.datasets names a dataset twice: {names}")
     if data.source == "synthetic":
         from fedreid.data.synthetic import domain_names
 
-        return domain_names(data.preset)
+        domains = domain_names(data.preset)
+        unknown = [n for n in names if n not in domains]
+        if unknown:
+            raise ConfigError(
+                f"data.datasets {unknown} are not domains of the synthetic "
+                f"preset {data.preset!r} ({', '.join(domains)})"
+            )
+        return names or domains
+    if names:
+        return names
     raise ConfigError("data.datasets is empty: name the datasets the clients own")
 
 

@@ -39,7 +39,7 @@ def to_numpy_dict(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """``{key: ndarray}`` as an ArrayRecord (keys kept)."""
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord(array_dict={k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def _fmt(seconds: float) -> str:

@@ -49,7 +49,8 @@ def parse_reply(
     """
     name = reply_name(msg)
     if msg.has_error():
-        raise UpdateError(f"{name}: client error: {msg.error.reason}")
+        reason = (msg.error.reason or "").strip().splitlines() or ["(no reason)"]
+        raise UpdateError(f"{name}: client error: {reason[-1]}")
     content = msg.content
     metric_records = list(content.metric_records.values())
     if len(metric_records) != 1:
@@ -68,6 +69,8 @@ def parse_reply(
     clean: dict[str, float] = {}
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                raise UpdateError(f"{name}: metric {k!r} is not finite ({v})")
             clean[k] = float(v)
     reply = ClientReply(
         node_id=msg.metadata.src_node_id, name=name, num_examples=int(n), metrics=clean, message=msg
