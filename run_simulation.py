@@ -26,6 +26,10 @@ log = logging.getLogger("fedreid")
 
 def prepare(cfg: Config) -> int:
     """Fail fast before Flower starts: make/check the data, count clients, load each once."""
+    if cfg.task == "classification":
+        from fedreid.data.classification import prepare as prepare_classification
+
+        return prepare_classification(cfg)
     from fedreid.data.scenarios import client_specs, public_images, synthetic_root
     from fedreid.data.types import verify_images
 

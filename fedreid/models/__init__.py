@@ -10,5 +10,12 @@ from fedreid.models.reid import (
     shared_state,
 )
 
-__all__ = ["ARCHS", "ReIDNet", "head_state", "is_bn_buffer", "load_shared", "make_head",
-           "shared_state"]
+__all__ = [
+    "ARCHS",
+    "ReIDNet",
+    "head_state",
+    "is_bn_buffer",
+    "load_shared",
+    "make_head",
+    "shared_state",
+]

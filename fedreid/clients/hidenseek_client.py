@@ -1,0 +1,312 @@
+"""The HideNseek client: frozen seeded weights, a fixed pruning mask, trained sign scores.
+
+The client end of the protocol in :mod:`fedreid.strategies.hidenseek`:
+
+* **w0** is rebuilt from the shipped config's seed with the server's own constructor
+  (:func:`~fedreid.strategies.hidenseek.seeded_model`) and checked against the server's
+  SHA-256 checksum; a mismatch (other torch/torchvision version, other model settings) stops
+  the client with a :class:`~fedreid.errors.ConfigError` naming both checksums.
+* **The pruning mask** arrives once (first message of a run, or after an error reply) and is
+  kept in :class:`~fedreid.clients.state.ClientState` under ``hidenseek_mask`` (in
+  ``context.state`` and the node's state directory), so later messages carry signs only and a
+  restarted node reloads it from its state directory. Its checksum is verified every time.
+* **Scores** (the only trained shared parameters) start each round from the global signs:
+  ``+/-magnitude`` (``strategy.score_magnitude``; 0 = each layer's mean ``|w0|``), are trained
+  with SGD at ``strategy.score_lr`` through the straight-through sign, and only their sign
+  bits go back (``ceil(n_surviving / 8)`` bytes).
+* **Local parts** (``bn_policy=local``, the only policy HideNseek accepts): BatchNorm running
+  statistics are the client's own (saved under ``hidenseek_bn`` after training, loaded before
+  training and evaluation); BatchNorm affine parameters stay frozen at their seeded values;
+  in the ReID task the identity classifier (``classifier.*``) is local, real-valued and trained
+  at ``train.lr_head``, like FedPav's head.
+
+:class:`HideNseekClient` is the ReID client (backbone and bottleneck masked, head local,
+evaluated by ranking like FedPav); the classification variant lives in
+:mod:`fedreid.clients.classification_client` and shares :class:`SignProtocol`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedreid.clients.reid_client import FitResult, ranking_metrics
+from fedreid.clients.state import ClientState
+from fedreid.config import Config
+from fedreid.data.types import ReIDDataset
+from fedreid.errors import ConfigError, DatasetError, UpdateError
+from fedreid.models.reid import HEAD_PREFIX, head_state, is_bn_buffer
+from fedreid.models.supermask import (
+    convert_to_supermask,
+    get_signs,
+    mask_parameters,
+    set_signs,
+    to_dense,
+)
+from fedreid.strategies.hidenseek import (
+    MASK,
+    MASK_KEY,
+    SIGNS,
+    W0_KEY,
+    frozen_state,
+    mask_layout,
+    seeded_model,
+    signs_layout,
+)
+from fedreid.training import make_optimizer, resolve_device, train_epochs, train_loader
+from fedreid.utils.bitpack import checksum, pack_tensors, unpack_tensors
+
+log = logging.getLogger(__name__)
+
+MASK_STATE = "hidenseek_mask"
+BN_STATE = "hidenseek_bn"
+
+
+def _as_uint8(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise UpdateError(f"packed bits must be 1-D uint8, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+class SignProtocol:
+    """Turns a freshly seeded model into the round's sign supermask, and back into bits.
+
+    Args:
+        cfg: the run config (``strategy.mask_mode``, ``score_magnitude``, ``seed``).
+        name: the client's name (for error messages).
+        state: where the mask and BatchNorm statistics persist.
+        server_config: the message's config record (the checksums of
+            :func:`~fedreid.strategies.hidenseek.HideNseek.protocol_config`).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        state: ClientState,
+        server_config: Mapping[str, Any] | None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.state = state
+        self.server_config = dict(server_config or {})
+        self.order: list[str] = []
+        self.received_bits: dict[str, torch.Tensor] = {}
+
+    def _expect(self, key: str) -> str:
+        value = self.server_config.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"client {self.name}: the message lacks {key!r}; the server is not running "
+                "strategy=hidenseek of this version"
+            )
+        return value
+
+    @property
+    def magnitude(self) -> float | None:
+        m = self.cfg.strategy.score_magnitude
+        return None if m <= 0 else float(m)
+
+    def verify_w0(self, model: nn.Module) -> None:
+        """Reject a model whose seeded weights differ from the server's."""
+        expected = self._expect(W0_KEY)
+        got = checksum(frozen_state(model))
+        if got != expected:
+            raise ConfigError(
+                f"client {self.name}: initial weights rebuilt from seed {self.cfg.seed} do not "
+                f"match the server's (checksum {got[:16]}... != {expected[:16]}...): the client "
+                "runs another torch/torchvision version or other model settings"
+            )
+
+    def masks(
+        self, received: Mapping[str, torch.Tensor], layout: list[tuple[str, tuple[int, ...]]]
+    ) -> dict[str, torch.Tensor]:
+        """The pruning mask: from the message (then stored) or from this client's state."""
+        expected = self._expect(MASK_KEY)
+        if MASK in received:
+            masks = unpack_tensors(_as_uint8(received[MASK]), layout)
+            if checksum(masks) != expected:
+                raise ConfigError(
+                    f"client {self.name}: the received pruning mask does not match its "
+                    "checksum (corrupted in transit?)"
+                )
+            self.state.save(MASK_STATE, {MASK: torch.from_numpy(_as_uint8(received[MASK]).copy())})
+            return masks
+        stored = self.state.load(MASK_STATE)
+        if stored is None:
+            raise ConfigError(
+                f"client {self.name}: no pruning mask (the server sends it once per run and this "
+                "node has none in context.state or its state dir); it is re-sent next round"
+            )
+        masks = unpack_tensors(_as_uint8(stored[MASK]), layout)
+        if checksum(masks) != expected:
+            raise ConfigError(
+                f"client {self.name}: the stored pruning mask belongs to another run (checksum "
+                "mismatch); clear this client's state dir"
+            )
+        return masks
+
+    def build(
+        self,
+        model: nn.Module,
+        received: Mapping[str, torch.Tensor] | None,
+        trainable_prefixes: tuple[str, ...] = (HEAD_PREFIX,),
+    ) -> nn.Module:
+        """Verify ``w0``, apply the mask, load the global signs and the local BN statistics.
+
+        Args:
+            model: the freshly seeded network (:func:`seeded_model`), on the CPU.
+            received: the message's arrays: ``signs`` and, once, ``mask``.
+            trainable_prefixes: parameters left trainable besides the scores (the ReID head).
+        """
+        if received is None or SIGNS not in received:
+            raise UpdateError(f"client {self.name}: the message carries no {SIGNS!r}")
+        self.verify_w0(model)
+        layout = mask_layout(model)
+        self.order = [n for n, _ in layout]
+        masks = self.masks(received, layout)
+        convert_to_supermask(
+            model,
+            masks,
+            self.cfg.strategy.mask_mode,
+            magnitude=self.magnitude,
+            train_bn=False,
+            trainable_prefixes=trainable_prefixes,
+        )
+        self.received_bits = unpack_tensors(
+            _as_uint8(received[SIGNS]), signs_layout(masks, self.order)
+        )
+        set_signs(model, self.received_bits, self.magnitude)
+        bn = self.state.load(BN_STATE)
+        if bn is not None:
+            model.load_state_dict(bn, strict=False)
+        return model
+
+    def upload(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The packed sign bits (the whole upload) and how many of them this client flipped."""
+        signs = get_signs(model)
+        packed, _ = pack_tensors(signs, self.order)
+        n = sum(int(v.numel()) for v in signs.values())
+        changed = sum(
+            int((signs[k] != self.received_bits[k]).sum()) for k in self.order if self.received_bits
+        )
+        return {SIGNS: torch.from_numpy(packed)}, {"local_flipped": changed / max(n, 1)}
+
+    def save_bn(self, model: nn.Module) -> None:
+        """Keep this client's BatchNorm running statistics (none for bias/BN-free nets)."""
+        bn = {k: v for k, v in model.state_dict().items() if is_bn_buffer(k)}
+        if bn:
+            self.state.save(BN_STATE, bn)
+
+
+def score_optimizer(
+    model: nn.Module, cfg: Config, head: list[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """SGD (the run's momentum, Nesterov, weight decay): scores at ``strategy.score_lr``, the
+    local head (if any) at ``train.lr_head``."""
+    train = dataclasses.replace(cfg.train, lr_backbone=cfg.strategy.score_lr)
+    return make_optimizer(
+        model, train, params=lambda m: {"backbone": mask_parameters(m), "head": head}
+    )
+
+
+def global_model(
+    cfg: Config, signs: np.ndarray, mask: np.ndarray, num_classes: int = 0
+) -> nn.Module:
+    """The dense global model from a run's seed, packed mask and packed signs (export).
+
+    BatchNorm running statistics are the seeded ones (each client has its own).
+    """
+    from fedreid.strategies.hidenseek import Pruning
+
+    model = seeded_model(cfg, num_classes)
+    layout = mask_layout(model)
+    masks = unpack_tensors(mask, layout)
+    p = Pruning(masks, layout, mask, checksum(frozen_state(model)), checksum(masks))
+    state = ClientState(None, None)
+    protocol = SignProtocol(
+        cfg, "export", state, {W0_KEY: p.w0_checksum, MASK_KEY: p.mask_checksum}
+    )
+    model = protocol.build(model, {SIGNS: torch.from_numpy(signs), MASK: torch.from_numpy(mask)})
+    return to_dense(model)
+
+
+class HideNseekClient:
+    """ReID HideNseek client: masked backbone + bottleneck, local head, ranking evaluation.
+
+    Args:
+        cfg: the run's config (as shipped by the server).
+        name: the client's name.
+        dataset: its train/query/gallery lists.
+        state: where the mask, the head and the BatchNorm statistics persist.
+        server_config: the message's config record (checksums); see :class:`SignProtocol`.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        dataset: ReIDDataset,
+        state: ClientState,
+        server_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not dataset.train:
+            raise DatasetError(f"client {name}: empty training set under {dataset.root}")
+        self.cfg = cfg
+        self.name = name
+        self.dataset = dataset
+        self.state = state
+        self.protocol = SignProtocol(cfg, name, state, server_config)
+        self.device = resolve_device(cfg.train.device)
+        torch.set_num_threads(max(1, cfg.train.threads))
+
+    def build_model(self, received: Mapping[str, torch.Tensor] | None) -> nn.Module:
+        """Seeded w0 -> sign supermask with the global signs, own BN statistics and head."""
+        model = seeded_model(self.cfg, self.dataset.num_train_pids)
+        model = self.protocol.build(model, received)
+        head = self.state.load("head")
+        if head is not None:
+            if head["classifier.weight"].shape[0] != self.dataset.num_train_pids:
+                raise DatasetError(
+                    f"client {self.name}: saved head has {head['classifier.weight'].shape[0]} "
+                    f"identities, dataset has {self.dataset.num_train_pids}; clear its state dir"
+                )
+            model.load_state_dict(head, strict=False)
+        return model.to(self.device)
+
+    def fit(
+        self,
+        received: Mapping[str, torch.Tensor] | None,
+        server_round: int,
+        evaluate_local: bool = False,
+    ) -> FitResult:
+        """Train scores + head on the global signs; return the packed sign bits only."""
+        model = self.build_model(received)
+        loader = train_loader(
+            self.dataset.train, self.cfg.data, seed=self.cfg.seed * 100_003 + server_round
+        )
+        optimizer = score_optimizer(model, self.cfg, list(model.classifier.parameters()))
+        metrics = train_epochs(model, loader, optimizer, self.cfg.train, self.device)
+        self.state.save("head", head_state(model))
+        self.protocol.save_bn(model)
+        upload, flips = self.protocol.upload(model)
+        metrics.update(flips)
+        if evaluate_local:
+            metrics.update(
+                ranking_metrics(to_dense(model), self.dataset, self.cfg, self.device, "local_")
+            )
+        return FitResult(shared=upload, num_examples=len(self.dataset.train), metrics=metrics)
+
+    def evaluate(self, received: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
+        """Rank the client's query/gallery with the global signs (and its own BN statistics)."""
+        if not self.dataset.query or not self.dataset.gallery:
+            raise DatasetError(f"client {self.name}: no query or gallery images to evaluate")
+        model = self.build_model(received)
+        return ranking_metrics(to_dense(model), self.dataset, self.cfg, self.device)

@@ -1,0 +1,318 @@
+"""HideNseek: the vote and its metrics by hand, the client's 1-bit upload and checksums, mask
+reuse from state, and two rounds of ReID through Flower's engine with measured message sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedreid.clients.hidenseek_client import MASK_STATE, HideNseekClient
+from fedreid.clients.state import ClientState
+from fedreid.config import compose
+from fedreid.data import load_market
+from fedreid.errors import ConfigError, UpdateError
+from fedreid.models.supermask import get_signs
+from fedreid.results import RunRecorder
+from fedreid.strategies.hidenseek import (
+    MASK,
+    MASK_KEY,
+    SIGNS,
+    W0_KEY,
+    HideNseek,
+    Pruning,
+    prune,
+    weighted_vote,
+)
+from fedreid.strategies.replies import ClientReply
+from fedreid.utils.bitpack import pack_bits, packed_size, unpack_bits, unpack_tensors
+from tests.conftest import small_config
+
+T, F = True, False
+
+
+# -- the vote ---------------------------------------------------------------------------------
+def test_weighted_vote_hand_checked() -> None:
+    a = np.array([T, T, F, F, T])
+    b = np.array([F, T, T, F, F])
+    c = np.array([F, F, T, T, T])
+    previous = np.array([T, F, F, T, F])
+    # weights 3, 1, 2 (total 6): weight for +1 per position = 3, 4, 3, 2, 5
+    new, m, per_client = weighted_vote([a, b, c], [3, 1, 2], previous)
+    # positions 0 and 2 tie 3:3 and keep the previous sign (T, F)
+    assert new.tolist() == [T, T, F, F, T]
+    assert m["ties"] == pytest.approx(2 / 5)
+    assert m["flipped"] == pytest.approx(3 / 5)  # positions 1, 3, 4 changed
+    assert m["agreement"] == pytest.approx((3 + 4 + 3 + 4 + 5) / 6 / 5)
+    assert m["unanimous"] == 0.0
+    assert m["ones"] == pytest.approx(3 / 5)
+    assert m["bits"] == 5
+    assert per_client == pytest.approx([5 / 5, 2 / 5, 1 / 5])
+
+
+def test_vote_weights_matter_and_ties_keep_previous() -> None:
+    up, down = np.array([T, T]), np.array([F, F])
+    prev = np.array([T, F])
+    assert weighted_vote([up, down], [1, 1], prev)[0].tolist() == [T, F]  # both tie
+    assert weighted_vote([up, down], [2, 1], prev)[0].tolist() == [T, T]
+    assert weighted_vote([up, down], [1, 2], prev)[0].tolist() == [F, F]
+    new, m, _ = weighted_vote([up, up], [5, 7], prev)
+    assert new.tolist() == [T, T] and m["unanimous"] == 1.0 and m["agreement"] == 1.0
+    with pytest.raises(ValueError):
+        weighted_vote([up], [0], prev)
+
+
+def _strategy(tmp_path: Path, n: int = 10) -> HideNseek:
+    """A HideNseek server with a hand-made 10-weight mask (no SynFlow)."""
+    cfg = compose(["strategy=hidenseek"])
+    s = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
+    masks = {"w": torch.tensor([T] * n + [F] * 6)}
+    s.pruning = Pruning(masks, [("w", (16,))], pack_bits(masks["w"]), "w0", "m")
+    s.global_arrays = {SIGNS: pack_bits(np.ones(n, dtype=bool))}
+    s._first_round = 1
+    return s
+
+
+def _reply(name: str, node: int, n: int, bits: np.ndarray) -> ClientReply:
+    return ClientReply(node, name, n, {"train_loss": 1.0}, {SIGNS: pack_bits(bits)}, 2)
+
+
+def test_aggregate_replies_records_metrics_and_excludes_bad_padding(tmp_path: Path) -> None:
+    s = _strategy(tmp_path)
+    bits_a = np.array([F] * 10)
+    bits_b = np.array([T] * 5 + [F] * 5)
+    bad = _reply("bad", 3, 100, bits_b)
+    bad.arrays[SIGNS] = bad.arrays[SIGNS].copy()
+    bad.arrays[SIGNS][-1] |= 0b1000_0000  # a padding bit set: must not shift or count
+    new = s.aggregate_replies(1, [_reply("a", 1, 30, bits_a), _reply("b", 2, 10, bits_b), bad])
+    assert new is not None
+    assert unpack_bits(new[SIGNS], 10).tolist() == [F] * 10  # 30 vs 10: a wins everywhere
+    server = s.recorder.rounds[0]["server"]
+    assert server["excluded"] == 1
+    assert server["flipped"] == 1.0
+    assert server["agreement"] == pytest.approx((5 * 1.0 + 5 * 0.75) / 10)
+    clients = s.recorder.rounds[0]["clients"]
+    assert clients["a"]["agg_weight"] == pytest.approx(0.75)
+    assert clients["b"]["sign_agreement"] == pytest.approx(0.5)
+
+
+def test_mask_goes_only_to_nodes_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.supercore.task_identity import TaskIdentity  # set inside a real ServerApp
+
+    for key in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    s = _strategy(tmp_path)
+    cfg_record = ConfigRecord({"x": 1})
+    msgs = [
+        Message(
+            content=RecordDict({"arrays": s.downlink(1), "config": cfg_record}),
+            dst_node_id=node,
+            message_type="train",
+        )
+        for node in (1, 2)
+    ]
+    s._has_mask = {1}
+    out = s._attach_mask(msgs, train=True)
+    assert set(out[0].content["arrays"].keys()) == {SIGNS}
+    assert set(out[1].content["arrays"].keys()) == {SIGNS, MASK}
+    assert out[1].content["config"]["x"] == 1
+    assert s._bytes_down[2] == out[1].content["arrays"].count_bytes()
+
+
+def test_state_dict_round_trip_and_resume_skips_synflow(tmp_path: Path) -> None:
+    cfg = compose(["strategy=hidenseek", "strategy.synflow_iterations=3"], config_name="classify")
+    s = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
+    first = s.initial_arrays()
+    assert unpack_bits(first[SIGNS].numpy(), s.pruning.n_surviving).all()  # all +1
+    state = s.state_dict()
+    other = HideNseek(cfg, RunRecorder(tmp_path / "b", {}), num_clients=2)
+    other.load_state_dict(state)
+    assert other.pruning.mask_checksum == s.pruning.mask_checksum
+    assert np.array_equal(other.pruning.packed_mask, s.pruning.packed_mask)
+    # resume: the mask comes from the checkpoint, SynFlow does not run again
+    torch.save({"strategy": state}, tmp_path / "checkpoint.pt")
+    cfg.resume = True
+    resumed = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
+    resumed.initial_arrays()
+    assert resumed.pruning.seconds == 0.0
+    assert resumed.pruning.w0_checksum == s.pruning.w0_checksum
+    bad = dict(state, mask_checksum="0" * 64)
+    with pytest.raises(ConfigError, match="corrupt"):
+        HideNseek(cfg, RunRecorder(tmp_path / "c", {}), num_clients=2).load_state_dict(bad)
+
+
+def test_bn_policy_average_is_refused(tmp_path: Path) -> None:
+    cfg = compose(["strategy=hidenseek", "strategy.bn_policy=average"])
+    with pytest.raises(ConfigError, match="bn_policy=local"):
+        HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=1)
+
+
+# -- the client -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hns_cfg():
+    return small_config(
+        **{
+            "strategy.name": "hidenseek",
+            "strategy.bn_policy": "local",
+            "strategy.synflow_iterations": 2,
+            "strategy.score_lr": 1.0,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pruning(hns_cfg) -> Pruning:
+    return prune(hns_cfg)
+
+
+def _message(p: Pruning, with_mask: bool, signs: np.ndarray | None = None) -> dict:
+    signs = np.ones(p.n_surviving, dtype=bool) if signs is None else signs
+    out = {SIGNS: torch.from_numpy(pack_bits(signs))}
+    if with_mask:
+        out[MASK] = torch.from_numpy(p.packed_mask)
+    return out
+
+
+def _protocol(p: Pruning) -> dict[str, str]:
+    return {W0_KEY: p.w0_checksum, MASK_KEY: p.mask_checksum}
+
+
+def test_client_uploads_only_packed_signs(
+    hns_cfg, pruning: Pruning, market_root: Path, tmp_path: Path
+) -> None:
+    ds = load_market(market_root)
+    client = HideNseekClient(
+        hns_cfg, "toy", ds, ClientState(RecordDict(), tmp_path), _protocol(pruning)
+    )
+    res = client.fit(_message(pruning, with_mask=True), server_round=1)
+    assert set(res.shared) == {SIGNS}
+    up = res.shared[SIGNS]
+    assert up.dtype == torch.uint8 and up.ndim == 1
+    assert up.numel() == math.ceil(pruning.n_surviving / 8) == packed_size(pruning.n_surviving)
+    unpack_bits(up.numpy(), pruning.n_surviving)  # padding is clean
+    assert res.num_examples == len(ds.train)
+    assert res.metrics["train_loss"] > 0 and 0.0 <= res.metrics["local_flipped"] <= 1.0
+    # the record a ClientApp would send: the packed bytes plus a small numpy header
+    record = ArrayRecord(torch_state_dict=res.shared)
+    assert up.numel() < record.count_bytes() < up.numel() + 200
+    # head and BN statistics stayed on the client
+    assert (tmp_path / "head.pt").is_file() and (tmp_path / "hidenseek_bn.pt").is_file()
+
+
+def test_global_signs_are_loaded(hns_cfg, pruning: Pruning, market_root: Path) -> None:
+    rng = np.random.default_rng(0)
+    signs = rng.random(pruning.n_surviving) < 0.5
+    client = HideNseekClient(
+        hns_cfg, "toy", load_market(market_root), ClientState(None, None), _protocol(pruning)
+    )
+    model = client.build_model(_message(pruning, True, signs))
+    got = get_signs(model)
+    flat = np.concatenate([got[name].numpy() for name in pruning.order])
+    assert np.array_equal(flat, signs)
+    metrics = client.evaluate(_message(pruning, True, signs))
+    assert set(metrics) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+
+
+def test_checksum_mismatch_is_rejected(hns_cfg, pruning: Pruning, market_root: Path) -> None:
+    ds = load_market(market_root)
+    wrong_w0 = {W0_KEY: "0" * 64, MASK_KEY: pruning.mask_checksum}
+    client = HideNseekClient(hns_cfg, "toy", ds, ClientState(None, None), wrong_w0)
+    with pytest.raises(ConfigError, match="initial weights rebuilt from seed 0 do not match"):
+        client.fit(_message(pruning, True), 1)
+    wrong_mask = {W0_KEY: pruning.w0_checksum, MASK_KEY: "0" * 64}
+    client = HideNseekClient(hns_cfg, "toy", ds, ClientState(None, None), wrong_mask)
+    with pytest.raises(ConfigError, match="pruning mask does not match its checksum"):
+        client.fit(_message(pruning, True), 1)
+    client = HideNseekClient(hns_cfg, "toy", ds, ClientState(None, None), {})
+    with pytest.raises(ConfigError, match="lacks"):
+        client.fit(_message(pruning, True), 1)
+
+
+def test_mask_received_once_then_reused_from_state(
+    hns_cfg, pruning: Pruning, market_root: Path, tmp_path: Path
+) -> None:
+    ds = load_market(market_root)
+    proto = _protocol(pruning)
+    client = HideNseekClient(hns_cfg, "toy", ds, ClientState(RecordDict(), tmp_path), proto)
+    first = client.fit(_message(pruning, with_mask=True), 1)
+    stored = torch.load(tmp_path / f"{MASK_STATE}.pt")[MASK].numpy()
+    assert np.array_equal(stored, pruning.packed_mask)
+    assert unpack_tensors(stored, pruning.layout).keys() == pruning.masks.keys()
+    # round 2 carries signs only; a restarted node (fresh context.state) reads its state dir
+    restarted = HideNseekClient(hns_cfg, "toy", ds, ClientState(RecordDict(), tmp_path), proto)
+    signs = unpack_bits(first.shared[SIGNS].numpy(), pruning.n_surviving)
+    second = restarted.fit(_message(pruning, with_mask=False, signs=signs), 2)
+    assert second.shared[SIGNS].numel() == first.shared[SIGNS].numel()
+    # a node with no state at all cannot guess the mask
+    lost = HideNseekClient(hns_cfg, "toy", ds, ClientState(RecordDict(), None), proto)
+    with pytest.raises(ConfigError, match="no pruning mask"):
+        lost.fit(_message(pruning, with_mask=False), 2)
+    with pytest.raises(UpdateError, match="carries no"):
+        lost.fit({}, 2)
+
+
+# -- two rounds through Flower ----------------------------------------------------------------
+@pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
+def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
+    run_simulation = pytest.importorskip("run_simulation")
+    from fedreid.data.synthetic import generate
+    from fedreid.models.reid import shared_state
+    from fedreid.models.synflow import prunable_layers
+    from fedreid.server_app import initial_model
+
+    def maskable(model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(prunable_layers(model).values())
+
+    root = generate(tmp_path / "tiny", preset="tiny", seed=0, progress=False)
+    out = tmp_path / "run"
+    cfg = compose(
+        [
+            "data=tiny",
+            f"data.root={root}",
+            "strategy=hidenseek",
+            "num_rounds=2",
+            "eval_every=2",
+            "train.max_batches=2",
+            "strategy.synflow_iterations=5",
+            "data.height=64",
+            "data.width=32",
+            f"output_dir={out}",
+        ]
+    )
+    run_simulation.simulate(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "finished"
+    rounds = {r["round"]: r for r in results["rounds"]}
+    assert sorted(rounds) == [1, 2]
+
+    n = int(rounds[1]["server"]["bits"])  # surviving weights, as the server counted them
+    mask_bytes = int(rounds[1]["server"]["mask_bytes"])
+    model = initial_model(cfg)
+    assert n == round(cfg.strategy.density * sum(m.weight.numel() for m in maskable(model)))
+    assert mask_bytes == math.ceil(sum(m.weight.numel() for m in maskable(model)) / 8)
+    fedpav_up = ArrayRecord(torch_state_dict=shared_state(model)).count_bytes()
+    for rnd, r in rounds.items():
+        assert set(r["clients"]) == {"market1501", "cuhk03", "ilids"}
+        for m in r["clients"].values():
+            assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 200
+            assert fedpav_up / m["bytes_up"] >= 30 / cfg.strategy.density
+            if rnd == 1:  # the mask rides along once
+                assert m["bytes_down"] >= math.ceil(n / 8) + mask_bytes
+            else:
+                assert m["bytes_down"] <= math.ceil(n / 8) + 200
+        for key in ("agreement", "flipped", "unanimous", "bits"):
+            assert key in r["server"]
+        assert r["server"]["bits"] == n
+    for m in rounds[2]["clients"].values():
+        assert 0.0 <= m["rank1"] <= 1.0 and 0.0 <= m["mAP"] <= 1.0
+    final = torch.load(out / "global_model.pt")
+    assert set(final) == {SIGNS, MASK}
+    assert final[MASK].numel() == mask_bytes
