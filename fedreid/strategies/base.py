@@ -329,12 +329,15 @@ class ReIDStrategy(FedAvg):
             )
             if eval_metrics is not None:
                 result.evaluate_metrics_clientapp[rnd] = eval_metrics
-                log.info(
-                    "round %d: mean rank-1 %.1f%% mAP %.1f%%",
-                    rnd,
-                    100 * eval_metrics.get("rank1", 0.0),
-                    100 * eval_metrics.get("mAP", 0.0),
-                )
+                if "accuracy" in eval_metrics:
+                    log.info("round %d: mean accuracy %.1f%%", rnd, 100 * eval_metrics["accuracy"])
+                else:
+                    log.info(
+                        "round %d: mean rank-1 %.1f%% mAP %.1f%%",
+                        rnd,
+                        100 * eval_metrics.get("rank1", 0.0),
+                        100 * eval_metrics.get("mAP", 0.0),
+                    )
             self.recorder.end_round(rnd)
             self.save_checkpoint(rnd)
         result.arrays = to_record(self.global_arrays)
