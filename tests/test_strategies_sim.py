@@ -1,0 +1,180 @@
+"""Each FedPav variant and local training, two rounds end to end on Flower's simulation engine.
+
+Slow-ish (Ray starts once per run, about 30 s each), so the runs are as small as they can be:
+the tiny synthetic preset, one batch per client per round, one distillation batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedreid import compare
+from fedreid.config import compose
+from fedreid.errors import ConfigError
+
+run_simulation = pytest.importorskip("run_simulation")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fedreid.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["fedpav_cdw", "fedpav_kd", "fedpav_cdw_kd", "local"])
+def test_two_rounds(strategy: str, tiny_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / strategy
+    cfg = compose(
+        [
+            "data=tiny",
+            f"data.root={tiny_root}",
+            "num_rounds=2",
+            "eval_every=1",
+            "data.height=64",
+            "data.width=32",
+            "train.max_batches=1",
+            "strategy.kd_every=1",
+            "strategy.kd_max_batches=1",
+            "strategy.cdw_batches=1",
+            f"strategy={strategy}",
+            f"output_dir={out}",
+        ]
+    )
+    run_simulation.simulate(cfg)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "finished"
+    rounds = {r["round"]: r for r in results["rounds"]}
+    assert sorted(rounds) == [1, 2]
+    clients = {"market1501", "cuhk03", "ilids"}
+    for r in rounds.values():
+        assert set(r["clients"]) == clients
+        for metrics in r["clients"].values():
+            assert 0.0 <= metrics["rank1"] <= 1.0 and 0.0 <= metrics["mAP"] <= 1.0
+            assert metrics["train_loss"] > 0
+    assert set(results["final"]) == clients
+
+    kd = cfg.strategy.kd
+    cdw = cfg.strategy.cdw
+    for r in rounds.values():
+        server = r["server"]
+        assert ("kd_time_s" in server) == kd, server
+        if kd:
+            assert server["kd_time_s"] > 0 and server["kd_teachers"] == 3
+            assert server["kd_images"] == cfg.strategy.kd_batch_size
+        for metrics in r["clients"].values():
+            assert ("cdw_distance" in metrics) == cdw
+            if strategy != "local":
+                assert "agg_weight" in metrics and "local_rank1" in metrics
+        if strategy != "local":
+            weights = [m["agg_weight"] for m in r["clients"].values()]
+            assert sum(weights) == pytest.approx(1.0)
+            if cdw:  # the weights are the distances over their sum, not the sample counts
+                d = {n: m["cdw_distance"] for n, m in r["clients"].items()}
+                for n, m in r["clients"].items():
+                    assert m["agg_weight"] == pytest.approx(d[n] / sum(d.values()))
+    if strategy == "local":
+        assert all(m["bytes_up"] == 0 for r in rounds.values() for m in r["clients"].values())
+
+
+# -- the comparison report, on hand-made results ---------------------------------------------------
+def fake_run(
+    out: Path,
+    method: str,
+    rank1: dict[str, list[float]],
+    local: bool = False,
+    kd_time: float | None = None,
+) -> None:
+    """A results.json with the given rank-1 per client per round (mAP = rank-1 / 2)."""
+    rounds = []
+    for i in range(len(next(iter(rank1.values())))):
+        clients = {}
+        for n, (name, values) in enumerate(rank1.items()):
+            m = {"rank1": values[i], "mAP": values[i] / 2, "num_examples": 100 - n}
+            if local:
+                m.update(local_rank1=values[i] + 0.1, local_mAP=values[i] / 2 + 0.1)
+            clients[name] = m
+        server = {"kd_time_s": kd_time} if kd_time is not None else {}
+        rounds.append(
+            {"round": i + 1, "elapsed_s": 60.0 * (i + 1), "clients": clients, "server": server}
+        )
+    (out / method).mkdir(parents=True)
+    (out / method / "results.json").write_text(
+        json.dumps({"status": "finished", "config": {}, "rounds": rounds})
+    )
+
+
+def test_compare_report_only(tmp_path: Path) -> None:
+    fake_run(tmp_path, "local", {"big": [0.5, 0.6, 0.7], "small": [0.1, 0.2, 0.3]})
+    fake_run(tmp_path, "fedpav", {"big": [0.4, 0.6, 0.5], "small": [0.3, 0.5, 0.4]}, local=True)
+    fake_run(
+        tmp_path, "fedpav_kd", {"big": [0.4, 0.5, 0.6], "small": [0.3, 0.4, 0.5]}, kd_time=12.0
+    )
+    assert compare.main(["--report-only", str(tmp_path)]) == 0
+    for name in ("table.md", "table.csv", "convergence.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows, cols, grid = compare.table(compare.load_runs(tmp_path))
+    assert rows == ["big", "small", "mean"]  # largest training set first
+    assert [c.label for c in cols] == ["Local training", "FedPav", "FedPav Local", "FedPav+KD"]
+    cell = grid[("big", "FedPav")]
+    assert (cell.final_rank1, cell.best_rank1, cell.final_mAP, cell.best_mAP) == (
+        0.5,
+        0.6,
+        0.25,
+        0.3,
+    )
+    assert grid[("small", "FedPav Local")].best_rank1 == pytest.approx(0.6)
+    assert grid[("mean", "Local training")].final_rank1 == pytest.approx(0.5)
+    fl, drops = compare.fluctuation(compare.load_runs(tmp_path)["fedpav"])
+    assert fl == pytest.approx(100 * (0.2 + 0.1 + 0.2 + 0.1) / 4) and drops == 2
+    md = (tmp_path / "table.md").read_text()
+    assert "| big | 70.0 (70.0) | 50.0 (60.0) | 60.0 (70.0) | 60.0 (60.0) |" in md
+    assert "12.0 s" in md
+    assert not math.isnan(compare.run_facts(compare.load_runs(tmp_path)["fedpav_kd"])["kd_mean_s"])
+
+
+def test_compare_rejects_per_run_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="per run"):
+        compare.check_overrides(["data=tiny", "strategy=fedpav"])
+    assert compare.main(["--out", str(tmp_path), "--methods", "nope"]) == 2
+    assert compare.main(["--report-only", str(tmp_path / "empty")]) == 2
+
+
+def test_compare_warns_when_runs_used_different_data(tmp_path: Path) -> None:
+    fake_run(tmp_path, "local", {"a": [0.5]})
+    fake_run(tmp_path, "fedpav", {"a": [0.4]})
+    (tmp_path / "comparison.json").write_text(
+        json.dumps(
+            {
+                "methods": ["local", "fedpav"],
+                "overrides": [],
+                "data": {"local": "aaaa", "fedpav": "bbbb"},
+            }
+        )
+    )
+    compare.report(tmp_path)
+    assert "Warning: the runs used different data" in (tmp_path / "table.md").read_text()
+    assert compare.data_fingerprint(str(tmp_path / "nowhere")) == ""
+
+
+def test_compare_plans_reuse_resume_or_fresh(tmp_path: Path) -> None:
+    cfg = compose(["data=tiny", "num_rounds=2", "strategy=fedpav"])
+    run_dir = tmp_path / "fedpav"
+    assert compare.plan_run(run_dir, cfg, rerun=False) == "fresh"  # nothing there
+    fake_run(tmp_path, "fedpav", {"a": [0.1, 0.2]})
+    payload = json.loads((run_dir / "results.json").read_text())
+    payload["config"] = {**cfg.to_dict(), "output_dir": str(run_dir), "overwrite": True}
+    (run_dir / "results.json").write_text(json.dumps(payload))
+    assert compare.plan_run(run_dir, cfg, rerun=False) == "reuse"
+    assert compare.plan_run(run_dir, cfg, rerun=True) == "fresh"
+    cfg.num_rounds = 4  # extend: continue from the checkpoint
+    assert compare.plan_run(run_dir, cfg, rerun=False) == "fresh"  # ... if there is one
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    assert compare.plan_run(run_dir, cfg, rerun=False) == "resume"
+    cfg.seed = 1  # another setup: start again
+    assert compare.plan_run(run_dir, cfg, rerun=False) == "fresh"
