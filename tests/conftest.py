@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Message, RecordDict
+from flwr.app.metadata import Metadata
 from PIL import Image
 
 from fedreid.config import Config
@@ -63,3 +65,20 @@ def small_config(**overrides) -> Config:
             obj = getattr(obj, p)
         setattr(obj, last, value)
     return cfg
+
+
+def reply_message(content: RecordDict) -> Message:
+    """Wrap a RecordDict as a reply from node 7 (what the strategy receives from Flower)."""
+
+    metadata = Metadata(
+        run_id=1,
+        message_id="m",
+        src_node_id=7,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="",
+        created_at=0.0,
+        ttl=60,
+        message_type="train",
+    )
+    return Message(content=content, metadata=metadata)

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.metadata import Metadata
 
 from fedreid.clients.faulty import (
     FAULT_KINDS,
@@ -36,6 +35,7 @@ from fedreid.clients.faulty import (
 from fedreid.config import Config, compose
 from fedreid.errors import ConfigError, UpdateError
 from fedreid.strategies.replies import parse_reply
+from tests.conftest import reply_message
 
 HAS_FAULT_SCHEDULE = hasattr(getattr(Config(), "fault", None), "schedule")
 needs_fault_config = pytest.mark.skipif(
@@ -95,18 +95,7 @@ def as_reply(result: Result) -> Message:
             "client": ConfigRecord({"name": "alpha"}),
         }
     )
-    metadata = Metadata(
-        run_id=1,
-        message_id="m",
-        src_node_id=7,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="",
-        created_at=0.0,
-        ttl=60,
-        message_type="train",
-    )
-    return Message(content=content, metadata=metadata)
+    return reply_message(content)
 
 
 def expected_of(result: Result) -> dict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.metadata import Metadata
 
 from fedreid.errors import UpdateError
 from fedreid.strategies.replies import parse_reply
+from tests.conftest import reply_message
 
 EXPECTED = {"w": ((2, 2), np.dtype("float32")), "n": ((), np.dtype("int64"))}
 
@@ -21,18 +21,7 @@ def make_reply(arrays: dict[str, np.ndarray], n=10, name="alpha") -> Message:
             "client": ConfigRecord({"name": name}),
         }
     )
-    metadata = Metadata(
-        run_id=1,
-        message_id="m",
-        src_node_id=7,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="",
-        created_at=0.0,
-        ttl=60,
-        message_type="train",
-    )
-    return Message(content=content, metadata=metadata)
+    return reply_message(content)
 
 
 def good() -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from fedreid.clients.reid_client import FitResult, ranking_metrics
-from fedreid.clients.state import ClientState
+from fedreid.clients.state import ClientState, load_head
 from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import ConfigError, DatasetError, UpdateError
@@ -271,13 +271,8 @@ class HideNseekClient:
         """Seeded w0 -> sign supermask with the global signs, own BN statistics and head."""
         model = seeded_model(self.cfg, self.dataset.num_train_pids)
         model = self.protocol.build(model, received)
-        head = self.state.load("head")
+        head = load_head(self.state, self.dataset.num_train_pids, self.name)
         if head is not None:
-            if head["classifier.weight"].shape[0] != self.dataset.num_train_pids:
-                raise DatasetError(
-                    f"client {self.name}: saved head has {head['classifier.weight'].shape[0]} "
-                    f"identities, dataset has {self.dataset.num_train_pids}; clear its state dir"
-                )
             model.load_state_dict(head, strict=False)
         return model.to(self.device)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedreid.clients.state import ClientState
+from fedreid.clients.state import ClientState, load_head
 from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import DatasetError
@@ -96,41 +96,28 @@ class ReIDClient:
         """The model the client works on: received shared part (or its own, when local or
         for BN statistics under ``bn_policy=local``) plus its persisted head."""
         m = self.cfg.model
+        own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
+        # ImageNet weights only for a local-only client's very first model (nothing to load)
+        pretrained = self.local_only and m.pretrained and own is None and shared is None
         torch.manual_seed(self.cfg.seed)
         model = ReIDNet(
             self.dataset.num_train_pids,
             arch=m.arch,
-            pretrained=False,
+            pretrained=pretrained,
             last_stride=m.last_stride,
             embed_dim=m.embed_dim,
             dropout=m.dropout,
         )
-        own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
         if self.local_only and own is not None:
             load_shared(model, own)
         elif shared is not None:
-            load_shared(model, shared, skip_bn_buffers=False)
+            load_shared(model, shared)
             if self.keep_bn and own is not None:
                 model.load_state_dict(
                     {k: v for k, v in own.items() if is_bn_buffer(k)}, strict=False
                 )
-        elif self.local_only and m.pretrained:
-            model = ReIDNet(
-                self.dataset.num_train_pids,
-                arch=m.arch,
-                pretrained=True,
-                last_stride=m.last_stride,
-                embed_dim=m.embed_dim,
-                dropout=m.dropout,
-            )
-        head = self.state.load("head")
+        head = load_head(self.state, self.dataset.num_train_pids, self.name)
         if head is not None:
-            if head["classifier.weight"].shape[0] != self.dataset.num_train_pids:
-                raise DatasetError(
-                    f"client {self.name}: saved head has "
-                    f"{head['classifier.weight'].shape[0]} identities, dataset "
-                    f"has {self.dataset.num_train_pids}; clear its state dir"
-                )
             model.load_state_dict(head, strict=False)
         memory_format = torch.channels_last if self.cfg.train.channels_last else None
         model = model.to(self.device)

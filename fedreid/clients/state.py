@@ -52,3 +52,16 @@ class ClientState:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save(cpu, tmp)
             os.replace(tmp, path)
+
+
+def load_head(state: ClientState, num_ids: int, client: str) -> dict[str, torch.Tensor] | None:
+    """The client's saved classifier, checked against its current number of identities."""
+    from fedreid.errors import DatasetError
+
+    head = state.load("head")
+    if head is not None and head["classifier.weight"].shape[0] != num_ids:
+        raise DatasetError(
+            f"client {client}: saved head has {head['classifier.weight'].shape[0]} "
+            f"identities, dataset has {num_ids}; clear its state dir"
+        )
+    return head
