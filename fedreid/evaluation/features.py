@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from fedreid.data.transforms import ImageDataset, build_transforms
 from fedreid.data.types import Item
 from fedreid.evaluation.ranking import evaluate_ranking
+from fedreid.training import AmpSetting, autocast
 
 
 def _embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -30,6 +31,7 @@ def extract_features(
     loader: Iterable,
     device: str | torch.device = "cpu",
     flip: bool = True,
+    amp: AmpSetting = "off",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embed every image of ``loader``: flip-averaged, L2-normalised float32 features.
 
@@ -47,6 +49,9 @@ def extract_features(
             :class:`~fedreid.data.transforms.ImageDataset` yields.
         device: where the model runs.
         flip: add the embedding of the horizontally flipped image before normalising.
+        amp: mixed precision, as ``cfg.train.amp`` (``"auto"``, ``"on"``, ``"off"``; see
+            :func:`~fedreid.training.amp_dtype`): the forward passes run under that autocast
+            (bf16 on CPU), the flip sum and the normalisation in float32. Default off.
 
     Returns:
         ``(feats [N, D] float32, pids [N] int64, camids [N] int64)``, on the CPU.
@@ -69,9 +74,10 @@ def extract_features(
         with torch.no_grad():
             for batch in loader:
                 images = batch[0].to(device, non_blocking=True)
-                emb = _embed(model, images).float()
-                if flip:
-                    emb = emb + _embed(model, torch.flip(images, dims=[3])).float()
+                with autocast(device, amp):
+                    emb = _embed(model, images).float()
+                    if flip:
+                        emb = emb + _embed(model, torch.flip(images, dims=[3])).float()
                 feats.append(nn.functional.normalize(emb, dim=1).cpu())
                 pids.append(torch.as_tensor(batch[1]).to(torch.int64).reshape(-1))
                 camids.append(torch.as_tensor(batch[2]).to(torch.int64).reshape(-1))
@@ -93,6 +99,7 @@ def evaluate_model(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    amp: AmpSetting = "off",
 ) -> dict[str, float | int]:
     """Rank-1/5/10, mAP and mINP of ``model`` on a query/gallery split (Market-1501 protocol).
 
@@ -108,6 +115,7 @@ def evaluate_model(
         batch_size: images per forward pass.
         device: where the model runs and the ranking is computed.
         num_workers: data-loading worker processes.
+        amp: mixed precision of the feature extraction (pass ``cfg.train.amp``; default off).
 
     Returns:
         The dict of :func:`~fedreid.evaluation.ranking.evaluate_ranking`.
@@ -127,7 +135,7 @@ def evaluate_model(
             num_workers=num_workers,
             pin_memory=torch.device(device).type == "cuda",
         )
-        return extract_features(model, loader, device=device)
+        return extract_features(model, loader, device=device, amp=amp)
 
     q_feats, q_pids, q_cams = features(query_items)
     g_feats, g_pids, g_cams = features(gallery_items)
