@@ -41,15 +41,15 @@ def _fit(args: tuple[str, int, str]) -> float:
     from fedreid.clients.reid_client import ReIDClient
     from fedreid.clients.state import ClientState
     from fedreid.data.scenarios import client_specs
+    from fedreid.models.builder import seeded_reid_model
     from fedreid.models.reid import shared_state
-    from fedreid.server_app import initial_model
 
     cfg = Config.from_json(cfg_json)
     spec = client_specs(cfg.data)[index]
     client = ReIDClient(
         cfg, spec.name, spec.load(), ClientState(RecordDict(), Path(state_root) / spec.name)
     )
-    shared = shared_state(initial_model(cfg))
+    shared = shared_state(seeded_reid_model(cfg))
     torch.set_num_threads(cfg.train.threads)
     start = time.perf_counter()
     res = client.fit(shared, server_round=2)
@@ -76,7 +76,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="bench_overhead_"))
     cfg = compose(["num_rounds=2", "eval_every=1000", f"output_dir={out / 'flower'}", *overrides])
     cfg.eval_every = 10**6  # no evaluation inside the measured rounds
-    from run_simulation import prepare, simulate
+    from fedreid.simulation import prepare, simulate
 
     n = prepare(cfg)
     workers = max(1, int((os.cpu_count() or 2) // cfg.client_cpus))

@@ -1,6 +1,6 @@
 """HideNseek vs its baselines on both tasks, through Flower's engine: one markdown table.
 
-Runs (each through ``run_simulation.simulate``, one folder per run under ``--out``):
+Runs (each through ``fedreid.simulation.simulate``, one folder per run under ``--out``):
 
 * **ReID** (synthetic ``default`` preset, 9 clients, 64x32 images, ``--reid-rounds`` rounds,
   evaluated at the middle and last round): FedPav (dense, float32), HideNseek (sign mask at
@@ -81,25 +81,6 @@ def cls_overrides(rounds: int) -> list[str]:
     return [f"num_rounds={rounds}", "eval_every=1"]
 
 
-def _prepare_dispatch() -> None:
-    """Make ``run_simulation.prepare`` handle ``task=classification`` (a no-op once it does)."""
-    import run_simulation
-
-    original = run_simulation.prepare
-    if getattr(original, "_dispatches_tasks", False):
-        return
-
-    def prepare(cfg):
-        if cfg.task == "classification":
-            from fedreid.data.classification import prepare as prepare_classification
-
-            return prepare_classification(cfg)
-        return original(cfg)
-
-    prepare._dispatches_tasks = True  # type: ignore[attr-defined]
-    run_simulation.prepare = prepare
-
-
 def finished(run_dir: Path) -> bool:
     path = run_dir / "results.json"
     return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
@@ -107,8 +88,8 @@ def finished(run_dir: Path) -> bool:
 
 def run(name: str, overrides: list[str], out: Path, config_name: str, rerun: bool) -> None:
     """One simulation into ``out/name`` (skipped when already finished)."""
-    import run_simulation
     from fedreid.config import compose
+    from fedreid.simulation import simulate
 
     run_dir = out / name
     if finished(run_dir) and not rerun:
@@ -116,7 +97,7 @@ def run(name: str, overrides: list[str], out: Path, config_name: str, rerun: boo
         return
     cfg = compose([*overrides, f"output_dir={run_dir}", "overwrite=true"], config_name)
     start = time.time()
-    run_simulation.simulate(cfg)
+    simulate(cfg)
     log.info("%s: %.0fs", name, time.time() - start)
 
 
@@ -228,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        _prepare_dispatch()
         if not args.skip_cls:
             for name, extra in CLS_RUNS.items():
                 run(name, [*extra, *cls_overrides(args.cls_rounds)], out, "classify", args.rerun)

@@ -1,6 +1,6 @@
 """Compare local training, FedPav, +CDW, +KD and +both on one benchmark: the paper's table.
 
-Runs every method sequentially through ``run_simulation.simulate`` on the same composed
+Runs every method sequentially through ``fedreid.simulation.simulate`` on the same composed
 benchmark and seeds (each run in ``<out>/<method>/``), then writes into ``<out>``:
 
 * ``table.md`` / ``table.csv``: per client (largest training set first) and their mean, the
@@ -82,12 +82,9 @@ class Cell:
 
 # -- running ----------------------------------------------------------------------------------
 def _simulate():
-    """``run_simulation.simulate``, importable from the repository root or the working dir."""
-    try:
-        from run_simulation import simulate
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from run_simulation import simulate
+    """:func:`fedreid.simulation.simulate` (imported late: it pulls in Flower and Ray)."""
+    from fedreid.simulation import simulate
+
     return simulate
 
 

@@ -9,6 +9,7 @@ second copy: only *where their data is* comes from the node (``node_config``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,9 @@ from fedreid.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-STRATEGIES = (
-    "local",
-    "fedpav",
-    "fedpav_cdw",
-    "fedpav_kd",
-    "fedpav_cdw_kd",
-    "hidenseek",
-    "fedavg",
-)
 BN_POLICIES = ("average", "local")
+AMP_SETTINGS = ("auto", "on", "off")
+TASKS = ("reid", "classification")
 
 
 @dataclass
@@ -54,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The ReID network (DESIGN.md section 5)."""
+    """The ReID network: ResNet backbone, pooled, bottleneck (Linear/BN/Dropout), local head."""
 
     arch: str = "resnet18"
     pretrained: bool = False
@@ -75,7 +69,7 @@ class TrainConfig:
     nesterov: bool = True
     max_batches: int = 0  # >0 caps batches per epoch (tests and smoke runs)
     device: str = "cpu"  # cpu | cuda | auto
-    amp: bool = False  # bf16/fp16 autocast on GPU
+    amp: str = "off"  # auto | on | off (auto: bf16 autocast where the CPU/GPU supports it)
     channels_last: bool = False
     threads: int = 1  # torch threads per client process
 
@@ -84,7 +78,17 @@ class TrainConfig:
 class StrategyConfig:
     """Federated algorithm and its knobs."""
 
-    name: str = "fedpav"
+    name: str = "fedpav"  # fedpav | fedavg | local | hidenseek (fedreid.strategies.registry)
+    aggregator: str = "mean"  # mean | median | trimmed_mean | krum | multikrum | bulyan
+    trim_beta: float = 0.2  # trimmed_mean: fraction cut at each end
+    num_malicious: int = 0  # krum / multikrum / bulyan: malicious clients tolerated
+    num_to_select: int = 1  # multikrum: updates averaged
+    server_optimizer: str = "none"  # none | avgm | adam | yogi | adagrad
+    server_lr: float = 1.0  # avgm: server learning rate; adam/yogi/adagrad: eta
+    server_momentum: float = 0.9  # avgm
+    beta_1: float = 0.9  # adam / yogi
+    beta_2: float = 0.99  # adam / yogi
+    tau: float = 1e-3  # adam / yogi / adagrad: adaptivity
     bn_policy: str = "average"  # average: BN running stats averaged; local: they stay on clients
     min_replies: int = 1  # fewer valid replies than this skips the round (model kept)
     cdw: bool = False
@@ -132,6 +136,18 @@ class FaultConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy through Flower's DifferentialPrivacy* strategy wrappers."""
+
+    dp: str = "none"  # none | server_fixed | client_fixed | server_adaptive | client_adaptive
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 10.0  # fixed: the norm; adaptive: the initial norm
+    target_clipped_quantile: float = 0.5  # adaptive
+    clip_norm_lr: float = 0.2  # adaptive
+    clipped_count_stddev: float = 0.0  # adaptive: noise on the clipped count; 0 = Flower's default
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases tracking; offline and disabled unless asked."""
 
@@ -152,6 +168,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     task: str = "reid"  # reid | classification
     num_rounds: int = 10
     eval_every: int = 2  # federated evaluation every k rounds (and always at the last round)
@@ -198,8 +215,6 @@ def from_container(container: dict[str, Any] | DictConfig) -> Config:
 def validate(cfg: Config) -> None:
     """Reject configs that contradict themselves, with one line naming the setting."""
     s = cfg.strategy
-    if s.name not in STRATEGIES:
-        raise ConfigError(f"strategy.name={s.name!r} is not one of {', '.join(STRATEGIES)}")
     if s.bn_policy not in BN_POLICIES:
         raise ConfigError(f"strategy.bn_policy={s.bn_policy!r} must be one of {BN_POLICIES}")
     if cfg.num_rounds < 1:
@@ -225,19 +240,88 @@ def validate(cfg: Config) -> None:
             "train.device=cuda needs client_gpus > 0 (Ray hides GPUs from "
             "clients that ask for none)"
         )
-    f = cfg.fault
-    if f.kind or f.client or f.rounds or f.schedule or f.phase != "train":
-        from fedreid.clients.faulty import validate_faults
-
-        validate_faults(cfg)
-    if cfg.task not in ("reid", "classification"):
-        raise ConfigError(f"task must be reid or classification, got {cfg.task!r}")
-    if cfg.task == "classification" and s.name not in ("fedavg", "hidenseek"):
-        raise ConfigError(
-            f"task=classification supports strategy fedavg or hidenseek, not {s.name!r}"
-        )
+    legacy = {"true": "on", "false": "off"}  # train.amp was a boolean before
+    cfg.train.amp = legacy.get(str(cfg.train.amp).lower(), str(cfg.train.amp))
+    if cfg.train.amp not in AMP_SETTINGS:
+        raise ConfigError(f"train.amp={cfg.train.amp!r} must be one of {AMP_SETTINGS}")
+    scheduled_faults(cfg)
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
     if cfg.data.source not in ("synthetic", "real"):
         raise ConfigError(f"data.source must be synthetic or real, got {cfg.data.source!r}")
+
+
+# -- fault schedule (reliability tests) ----------------------------------------------------------
+FAULT_KINDS = (
+    "raise",
+    "timeout",
+    "nan",
+    "inf",
+    "shape",
+    "dtype",
+    "missing_key",
+    "extra_key",
+    "num_examples",
+)
+"""Every kind of injected fault (:mod:`fedreid.clients.faulty` acts them out)."""
+EVALUATE_KINDS = ("raise", "timeout", "nan")
+"""Kinds that make sense for evaluation replies (no tensors are uploaded there)."""
+FAULT_PHASES = ("train", "evaluate", "both")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: ``kind`` shown by ``client`` in ``round`` (0 = every round)."""
+
+    kind: str
+    client: str
+    round: int = 0
+
+
+def scheduled_faults(cfg: Config) -> list[Fault]:
+    """All faults of ``cfg.fault`` (``kind``/``client``/``rounds`` plus ``schedule``).
+
+    Raises:
+        ConfigError: an unknown kind or phase, a kind without a client, a malformed entry.
+    """
+    f = cfg.fault
+    rounds = [int(r) for r in f.rounds]
+    if any(r < 1 for r in rounds):
+        raise ConfigError(f"fault.rounds must be rounds >= 1, got {rounds}")
+    faults: list[Fault] = []
+    if f.kind:
+        if not f.client:
+            raise ConfigError(f"fault.kind={f.kind!r} needs fault.client (a client name)")
+        faults += (
+            [Fault(f.kind, f.client, r) for r in rounds] if rounds else [Fault(f.kind, f.client)]
+        )
+    elif f.client or rounds:
+        raise ConfigError("fault.client/fault.rounds are set but fault.kind is empty")
+    for entry in f.schedule:
+        parts = str(entry).split(":")
+        if len(parts) != 3 or not parts[0].strip().isdigit() or not parts[2].strip():
+            raise ConfigError(
+                f"fault.schedule entry {entry!r}: expected ROUND:KIND:CLIENT, e.g. 3:nan:cuhk03"
+            )
+        if int(parts[0]) < 1:
+            raise ConfigError(f"fault.schedule entry {entry!r}: rounds start at 1")
+        faults.append(Fault(parts[1].strip(), parts[2].strip(), int(parts[0])))
+    for fault in faults:
+        if fault.kind not in FAULT_KINDS:
+            raise ConfigError(f"fault kind {fault.kind!r} is not one of {', '.join(FAULT_KINDS)}")
+    if f.phase not in FAULT_PHASES:
+        raise ConfigError(f"fault.phase={f.phase!r} must be one of {FAULT_PHASES}")
+    if f.sleep_s < 0 or not math.isfinite(f.sleep_s):
+        raise ConfigError(f"fault.sleep_s must be >= 0, got {f.sleep_s}")
+    return faults
+
+
+def fault_for(cfg: Config, client: str, server_round: int) -> str:
+    """The fault kind ``client`` shows in ``server_round`` ("" = none; first entry wins)."""
+    for f in scheduled_faults(cfg):
+        if f.client == client and f.round in (0, server_round):
+            return f.kind
+    return ""
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> Config:

@@ -68,6 +68,7 @@ def train_local(cfg: Config, root: Path, dataset: str, epochs: int, console: Con
         cfg.data.width,
         batch_size=cfg.data.eval_batch_size,
         device=device,
+        amp=cfg.train.amp,
     )
     res["train_s"] = time.perf_counter() - start
     return res

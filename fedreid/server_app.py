@@ -12,49 +12,17 @@ import shlex
 import time
 from pathlib import Path
 
-import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import Config, compose, resolve_path
-from fedreid.data.scenarios import client_specs
 from fedreid.errors import ConfigError
-from fedreid.models.reid import ReIDNet, shared_state
 from fedreid.results import RunRecorder
+from fedreid.run import LoopSettings, RunLoop
+from fedreid.strategies.registry import build_strategy, label
+from fedreid.tasks import get_task
 
 log = logging.getLogger("fedreid")
-
-
-def build_strategy(cfg: Config, recorder: RunRecorder, num_clients: int):
-    """The strategy class for ``cfg.strategy.name`` (flags compose the FedPav variants)."""
-    name = cfg.strategy.name
-    if name == "local":
-        from fedreid.strategies.fedpav import LocalTraining
-
-        return LocalTraining(cfg, recorder, num_clients)
-    if name.startswith("fedpav") or name == "fedavg":  # no local head: FedPav == FedAvg
-        from fedreid.strategies.fedpav import FedPav
-
-        return FedPav(cfg, recorder, num_clients)
-    if name == "hidenseek":
-        from fedreid.strategies.hidenseek import HideNseek
-
-        return HideNseek(cfg, recorder, num_clients)
-    raise ConfigError(f"unknown strategy {name!r}")
-
-
-def initial_model(cfg: Config) -> ReIDNet:
-    """The seeded global model (shared part only: no classifier)."""
-    torch.manual_seed(cfg.seed)
-    m = cfg.model
-    return ReIDNet(
-        0,
-        arch=m.arch,
-        pretrained=m.pretrained,
-        last_stride=m.last_stride,
-        embed_dim=m.embed_dim,
-        dropout=m.dropout,
-    )
 
 
 def prepare_output_dir(cfg: Config) -> Path:
@@ -74,29 +42,26 @@ def prepare_output_dir(cfg: Config) -> Path:
 
 
 def run_server(grid: Grid, cfg: Config) -> Path:
-    """Run the configured strategy to the end; returns the output folder."""
+    """Run the configured strategy to the end under the run loop; returns the output folder."""
     out = prepare_output_dir(cfg)
-    cfg.data.root = str(resolve_path(cfg.data.root))  # clients may run elsewhere: absolute
+    task = get_task(cfg)
+    task.resolve_paths(cfg)  # clients may run elsewhere: absolute paths
     if cfg.state_dir:
         cfg.state_dir = str(resolve_path(cfg.state_dir))
-    if cfg.task == "classification":
-        cfg.classification.data_dir = str(resolve_path(cfg.classification.data_dir))
-        num_clients = cfg.classification.num_clients
-    else:
-        num_clients = len(client_specs(cfg.data))
+    num_clients = task.num_clients(cfg)
+    strategy, initial = build_strategy(cfg, num_clients)
     recorder = RunRecorder(out, cfg.to_dict(), cfg.wandb.__dict__)
-    strategy = build_strategy(cfg, recorder, num_clients)
-    if hasattr(strategy, "initial_arrays"):
-        initial = strategy.initial_arrays()
-    elif cfg.task == "classification":
-        from fedreid.clients.classification_client import initial_state
-
-        initial = ArrayRecord(torch_state_dict=initial_state(cfg))
-    else:
-        initial = ArrayRecord(torch_state_dict=shared_state(initial_model(cfg)))
-    result = strategy.start(grid, initial, num_rounds=cfg.num_rounds, timeout=cfg.round_timeout_s)
-    final = result.arrays.to_torch_state_dict() if result.arrays is not None else None
-    recorder.finish(final)
+    log.info("%s: %d clients", label(cfg), num_clients)
+    settings = LoopSettings(
+        num_rounds=cfg.num_rounds,
+        eval_every=cfg.eval_every,
+        round_timeout_s=cfg.round_timeout_s,
+        min_replies=cfg.strategy.min_replies,
+        resume=cfg.resume,
+        config_json=cfg.to_json(),
+    )
+    final = RunLoop(strategy, grid, recorder, settings).run(initial)
+    recorder.finish(final.to_torch_state_dict())
     log.info("run finished: %s", out / "results.json")
     return out
 
@@ -127,8 +92,5 @@ def main(grid: Grid, context: Context) -> None:
     cfg = compose(shlex.split(str(rc.get("overrides", ""))))
     if rc.get("output-dir"):
         cfg.output_dir = str(rc["output-dir"])
-    if cfg.task == "reid" and cfg.data.source == "synthetic":
-        from fedreid.data.scenarios import synthetic_root
-
-        synthetic_root(cfg.data)
+    get_task(cfg).ensure_data(cfg)
     run_server(grid, cfg)

@@ -82,3 +82,35 @@ def reply_message(content: RecordDict) -> Message:
         message_type="train",
     )
     return Message(content=content, metadata=metadata)
+
+
+def train_reply(
+    node_id: int,
+    arrays: dict,
+    metrics: dict,
+    num_examples: int,
+    name: str = "",
+) -> Message:
+    """A training reply from ``node_id`` as our ClientApp sends it (arrays, metrics, name)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+            "metrics": MetricRecord({**metrics, "num-examples": num_examples}),
+            "client": ConfigRecord({"name": name or f"node-{node_id}"}),
+        }
+    )
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{node_id}",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id=f"x{node_id}",
+        group_id="",
+        created_at=0.0,
+        ttl=60,
+        message_type="train",
+    )
+    return Message(content=content, metadata=metadata)

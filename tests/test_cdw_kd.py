@@ -10,16 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, Message
+from flwr.serverapp.strategy import FedMedian
 from PIL import Image
 
+from fedreid.clients.cdw import logit_distance
 from fedreid.config import Config, compose, from_container
 from fedreid.errors import ConfigError, DatasetError
 from fedreid.models.reid import ReIDNet, is_bn_buffer, shared_state
-from fedreid.results import RunRecorder
-from fedreid.strategies.cdw import cdw_weights, logit_distance
+from fedreid.strategies.cdw import cdw_weights
 from fedreid.strategies.distill import distill_round, distill_step, kd_target
 from fedreid.strategies.fedpav import FedPav
-from fedreid.strategies.replies import ClientReply
+from fedreid.strategies.kd import ServerDistillation
+from fedreid.strategies.registry import fedpav_class
+from tests.conftest import train_reply
 
 
 # -- CDW: the client's distance -------------------------------------------------------------------
@@ -55,91 +59,80 @@ def test_cdw_weights_hand_checked() -> None:
             cdw_weights([0.5, bad])
 
 
-# -- CDW: the strategy's weights ------------------------------------------------------------------
-def make_strategy(tmp_path: Path, **flags) -> FedPav:
-    cfg = Config()
-    for key, value in flags.items():
-        setattr(cfg.strategy, key, value)
-    strategy = FedPav(cfg, RunRecorder(tmp_path / "run", cfg.to_dict()), num_clients=4)
-    strategy.global_arrays = {"w": np.zeros(2, dtype=np.float32)}
-    return strategy
+# -- CDW: the strategy's weights, through Flower's FedAvg weighting ----------------------------
+def make_strategy(cdw: bool) -> FedPav:
+    return FedPav(cdw=cdw, min_train_nodes=1, min_available_nodes=1)
 
 
-def reply(
-    name: str,
-    n: int,
-    distance: float | None,
-    w: list[float] | None = None,
-) -> ClientReply:
+def reply(node: int, n: int, distance: float | None, w: list[float] | None = None) -> Message:
     metrics = {"train_loss": 1.0}
     if distance is not None:
         metrics["cdw_distance"] = distance
     arrays = {"w": np.asarray(w if w is not None else [0.0, 0.0], dtype=np.float32)}
-    return ClientReply(
-        node_id=hash(name) % 1000, name=name, num_examples=n, metrics=metrics, arrays=arrays
+    return train_reply(node, arrays, metrics, n)
+
+
+def aggregate(strategy: FedPav, replies: list[Message], rnd: int = 1):
+    arrays, metrics = strategy.aggregate_train(rnd, replies)
+    return arrays, metrics, strategy.take_report()
+
+
+def test_fedpav_weights_are_sample_counts_without_cdw() -> None:
+    strategy = make_strategy(cdw=False)
+    arrays, _, report = aggregate(
+        strategy, [reply(1, 10, 0.9, [0.0, 4.0]), reply(2, 30, 0.1, [4.0, 0.0])]
     )
+    assert strategy.weighted_by_key == "num-examples"
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 1.0])  # 0.25 * a + 0.75 * b
+    assert report.clients[1]["agg_weight"] == pytest.approx(0.25)
+    assert report.clients[2]["agg_weight"] == pytest.approx(0.75)
 
 
-def test_fedpav_weights_are_sample_counts_without_cdw(tmp_path: Path) -> None:
-    strategy = make_strategy(tmp_path, cdw=False)
-    replies = [reply("a", 10, 0.9), reply("b", 30, None)]
-    kept, weights = strategy.client_weights(1, replies)
-    assert [r.name for r in kept] == ["a", "b"] and weights == [10.0, 30.0]
+def test_cdw_weights_are_distances_over_their_sum() -> None:
+    strategy = make_strategy(cdw=True)
+    assert strategy.weighted_by_key == "cdw_distance"  # Flower's own weighting mechanism
+    arrays, _, report = aggregate(
+        strategy, [reply(1, 1000, 0.1, [0.0, 4.0]), reply(2, 10, 0.3, [4.0, 0.0])]
+    )
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 1.0])  # 0.25 / 0.75, not 1000:10
+    assert report.clients[1]["agg_weight"] == pytest.approx(0.25)
+    assert report.clients[2]["agg_weight"] == pytest.approx(0.75)
 
 
-def test_cdw_weights_are_distances_over_their_sum(tmp_path: Path) -> None:
-    strategy = make_strategy(tmp_path, cdw=True)
-    kept, weights = strategy.client_weights(1, [reply("a", 1000, 0.1), reply("b", 10, 0.3)])
-    assert [r.name for r in kept] == ["a", "b"]
-    assert weights == pytest.approx([0.25, 0.75])  # not 1000:10
-
-
-def test_cdw_excludes_invalid_distances_with_a_reason(tmp_path: Path, caplog) -> None:
-    strategy = make_strategy(tmp_path, cdw=True)
+def test_cdw_excludes_invalid_distances_with_a_reason(caplog) -> None:
+    strategy = make_strategy(cdw=True)
     replies = [
-        reply("good1", 10, 0.2),
-        reply("missing", 10, None),
-        reply("negative", 10, -0.1),
-        reply("nan", 10, math.nan),
-        reply("inf", 10, math.inf),
-        reply("good2", 10, 0.6),
+        reply(1, 10, 0.2, [0.0, 4.0]),
+        reply(2, 10, -0.1, [100.0, 100.0]),
+        reply(3, 10, math.nan, [100.0, 100.0]),
+        reply(4, 10, math.inf, [100.0, 100.0]),
+        reply(5, 10, 1e9, [100.0, 100.0]),  # a cosine distance lies in [0, 2]
+        reply(6, 10, 0.6, [4.0, 0.0]),
     ]
     with caplog.at_level(logging.WARNING, logger="fedreid"):
-        kept, weights = strategy.client_weights(3, replies)
-    assert [r.name for r in kept] == ["good1", "good2"]
-    assert weights == pytest.approx([0.25, 0.75])
-    for name in ("missing", "negative", "nan", "inf"):
-        assert any(f"excluded {name}: invalid cdw_distance" in m for m in caplog.messages), name
+        arrays, _, report = aggregate(strategy, replies, rnd=3)
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 1.0])
+    assert sorted(report.excluded) == [2, 3, 4, 5]
+    assert all("invalid cdw_distance" in r for r in report.excluded.values())
+    assert sum("invalid cdw_distance" in m for m in caplog.messages) == 4
 
 
-def test_cdw_all_zero_falls_back_to_sample_counts_and_says_so(tmp_path: Path, caplog) -> None:
-    strategy = make_strategy(tmp_path, cdw=True)
+def test_cdw_all_zero_falls_back_to_sample_counts_and_says_so(caplog) -> None:
+    strategy = make_strategy(cdw=True)
     with caplog.at_level(logging.WARNING, logger="fedreid"):
-        kept, weights = strategy.client_weights(2, [reply("a", 10, 0.0), reply("b", 30, 1e-16)])
-    assert weights == [10.0, 30.0]
+        arrays, _, report = aggregate(
+            strategy, [reply(1, 10, 0.0, [0.0, 4.0]), reply(2, 30, 1e-16, [4.0, 0.0])], rnd=2
+        )
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 1.0])  # 10:30
     assert any("falling back to sample counts" in m for m in caplog.messages)
-    assert strategy.recorder._round(2)["server"]["cdw_fallback"] == 1
+    assert report.server["cdw_fallback"] == 1
+    assert strategy.weighted_by_key == "cdw_distance"  # restored for the next round
 
 
-def test_cdw_all_invalid_keeps_the_model(tmp_path: Path) -> None:
-    strategy = make_strategy(tmp_path, cdw=True)
-    assert strategy.aggregate_replies(1, [reply("a", 10, math.nan)]) is None
-
-
-def test_cdw_aggregation_uses_the_distance_weights(tmp_path: Path) -> None:
-    strategy = make_strategy(tmp_path, cdw=True)
-    replies = [
-        reply("a", 100, 0.1, [0.0, 4.0]),
-        reply("b", 1, 0.3, [4.0, 0.0]),
-        reply("bad", 100, -1.0, [100.0, 100.0]),
-    ]
-    new = strategy.aggregate_replies(1, replies)
-    assert new is not None
-    np.testing.assert_allclose(new["w"], [3.0, 1.0])  # 0.25 * a + 0.75 * b; "bad" left out
-    clients = strategy.recorder._round(1)["clients"]
-    assert clients["a"]["agg_weight"] == pytest.approx(0.25)
-    assert clients["b"]["agg_weight"] == pytest.approx(0.75)
-    assert "bad" not in clients
+def test_cdw_all_invalid_keeps_the_model() -> None:
+    strategy = make_strategy(cdw=True)
+    arrays, _, report = aggregate(strategy, [reply(1, 10, math.nan)])
+    assert arrays is None and list(report.excluded) == [1]
 
 
 # -- KD: target and one step ---------------------------------------------------------------------
@@ -188,7 +181,7 @@ def write_public(root: Path, count: int) -> Path:
     return root
 
 
-def kd_strategy(tmp_path: Path, count: int, **flags) -> FedPav:
+def kd_config(tmp_path: Path, count: int, **flags) -> Config:
     cfg = Config()
     cfg.data.root = str(write_public(tmp_path / "data", count))
     cfg.data.height, cfg.data.width = 32, 16
@@ -197,7 +190,7 @@ def kd_strategy(tmp_path: Path, count: int, **flags) -> FedPav:
     cfg.strategy.kd_lr = 1e-4  # random networks in eval mode are stiffer than trained ones
     for key, value in flags.items():
         setattr(cfg.strategy, key, value)
-    return FedPav(cfg, RunRecorder(tmp_path / "run", cfg.to_dict()), num_clients=2)
+    return cfg
 
 
 def perturbed(
@@ -232,11 +225,11 @@ def student_state() -> dict[str, np.ndarray]:
 
 
 def test_distill_round_moves_the_student_towards_the_teachers(tmp_path: Path) -> None:
-    strategy = kd_strategy(tmp_path, count=8, kd_epochs=2)
+    cfg = kd_config(tmp_path, count=8, kd_epochs=2)
     student = student_state()
-    teachers = [ClientReply(i, f"c{i}", 10, {}, perturbed(student, i)) for i in range(2)]
+    teachers = [perturbed(student, i) for i in range(2)]
     rng_before = torch.get_rng_state()
-    out = distill_round(strategy, 5, student, teachers)
+    out, server = distill_round(cfg, 5, student, teachers)
     assert torch.equal(torch.get_rng_state(), rng_before), "the server's RNG is not moved"
     assert list(out) == list(student)
     for k, v in student.items():
@@ -244,7 +237,6 @@ def test_distill_round_moves_the_student_towards_the_teachers(tmp_path: Path) ->
         if is_bn_buffer(k):
             np.testing.assert_array_equal(out[k], v)  # running statistics untouched
     assert not np.array_equal(out["bottleneck.0.weight"], student["bottleneck.0.weight"])
-    server = strategy.recorder._round(5)["server"]
     assert server["kd_time_s"] > 0 and server["kd_images"] == 8 and server["kd_teachers"] == 2
     assert server["kd_loss_after"] < server["kd_loss_before"]
 
@@ -252,52 +244,67 @@ def test_distill_round_moves_the_student_towards_the_teachers(tmp_path: Path) ->
 def test_distill_round_bn_local_and_batch_cap(tmp_path: Path) -> None:
     """bn_policy=local: teachers arrive without BN buffers; batch statistics; a 9th image
     would form a batch of one and is dropped; kd_max_batches caps the images."""
-    strategy = kd_strategy(tmp_path, count=9, bn_policy="local", kd_normalize=True)
-    strategy.cfg.train.channels_last = True
+    cfg = kd_config(tmp_path, count=9, bn_policy="local", kd_normalize=True)
+    cfg.train.channels_last = True
     student = student_state()
-    teachers = [
-        ClientReply(i, f"c{i}", 10, {}, perturbed(student, i, drop_bn=True)) for i in range(2)
-    ]
-    out = distill_round(strategy, 1, student, teachers)
+    teachers = [perturbed(student, i, drop_bn=True) for i in range(2)]
+    out, server = distill_round(cfg, 1, student, teachers)
     assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in student.items()}
     assert all(v.flags.c_contiguous for v in out.values())
-    assert strategy.recorder._round(1)["server"]["kd_images"] == 8
-    strategy.cfg.strategy.kd_max_batches = 1
-    distill_round(strategy, 2, student, teachers)
-    assert strategy.recorder._round(2)["server"]["kd_images"] == 4
+    assert server["kd_images"] == 8
+    cfg.strategy.kd_max_batches = 1
+    _, server = distill_round(cfg, 2, student, teachers)
+    assert server["kd_images"] == 4
 
 
-def test_kd_runs_every_k_rounds_in_aggregation(tmp_path: Path, monkeypatch) -> None:
-    strategy = make_strategy(tmp_path, kd=True, kd_every=3)
+def test_kd_wraps_any_aggregator_every_k_rounds() -> None:
+    """The KD wrapper distils Flower's aggregate (here FedMedian's) every 3rd round; the
+    teachers are the uploaded models, completed with the round's global arrays."""
     calls = []
-    monkeypatch.setattr(strategy, "distill", lambda rnd, new, replies: calls.append(rnd) or new)
+
+    def fake_distill(rnd, student, teachers):
+        calls.append((rnd, student, teachers))
+        return {k: v + 1 for k, v in student.items()}, {"kd_time_s": 0.5}
+
+    inner = fedpav_class(FedMedian)(min_train_nodes=1, min_available_nodes=1, report_weights=False)
+    strategy = ServerDistillation(inner, fake_distill, every=3)
+    current = ArrayRecord({"w": Array(np.zeros(2, np.float32)), "bn": Array(np.ones(1))})
     for rnd in range(1, 7):
-        strategy.aggregate_replies(rnd, [reply("a", 10, None, [1.0, 1.0])])
-    assert calls == [3, 6]
+        strategy.current_arrays = current
+        replies = [reply(i, 10, None, [float(i), 2.0 * i]) for i in (1, 2, 3)]
+        arrays, _ = strategy.aggregate_train(rnd, replies)
+        expected = [2.0, 4.0] if rnd % 3 else [3.0, 5.0]  # the median, plus 1 when distilled
+        np.testing.assert_allclose(arrays["w"].numpy(), expected)
+    assert [c[0] for c in calls] == [3, 6]
+    _, student, teachers = calls[0]
+    assert set(student) == {"w", "bn"} and len(teachers) == 3
+    np.testing.assert_allclose(teachers[2]["w"], [3.0, 6.0])
+    np.testing.assert_allclose(teachers[2]["bn"], [1.0])
+    assert strategy.take_report().server == {"kd_time_s": 0.5}
 
 
 # -- KD without public data fails at start --------------------------------------------------------
 def test_kd_without_public_data_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="public"):
-        from_container({"strategy": {"name": "fedpav_kd", "kd": True}, "data": {"public": ""}})
+        from_container({"strategy": {"name": "fedpav", "kd": True}, "data": {"public": ""}})
     with pytest.raises(ConfigError, match="public"):
         compose(["strategy=fedpav_kd", "data.public="])
     assert compose(["strategy=fedpav", "data.public="]).data.public == ""  # fine without KD
 
 
 def test_kd_with_a_missing_public_folder_fails_before_flower(tmp_path: Path) -> None:
-    import run_simulation
     from fedreid.data.scenarios import public_images
     from fedreid.data.synthetic import generate
+    from fedreid.simulation import prepare
 
     root = generate(tmp_path / "tiny", preset="tiny", seed=0, progress=False)
     cfg = compose(
         ["data=tiny", "strategy=fedpav_kd", f"data.root={root}", "data.public=no_such_folder"]
     )
     with pytest.raises(DatasetError, match="public data folder not found"):
-        run_simulation.prepare(cfg)
+        prepare(cfg)
     cfg.strategy.kd = False
-    assert run_simulation.prepare(cfg) == 3  # the same config without KD starts
+    assert prepare(cfg) == 3  # the same config without KD starts
     (root / "empty_public").mkdir()
     cfg.data.public = str(root / "empty_public")
     with pytest.raises(DatasetError, match="no images"):
@@ -305,9 +312,8 @@ def test_kd_with_a_missing_public_folder_fails_before_flower(tmp_path: Path) -> 
 
 
 def test_diverged_distillation_keeps_the_aggregate(tmp_path: Path) -> None:
-    strategy = kd_strategy(tmp_path, count=4, kd_lr=1e6)
+    cfg = kd_config(tmp_path, count=4, kd_lr=1e6)
     student = student_state()
-    teachers = [ClientReply(0, "c0", 10, {}, perturbed(student, 0))]
-    out = distill_round(strategy, 1, student, teachers)
+    out, server = distill_round(cfg, 1, student, [perturbed(student, 0)])
     assert out is student
-    assert strategy.recorder._round(1)["server"]["kd_diverged"] == 1.0
+    assert server["kd_diverged"] == 1.0

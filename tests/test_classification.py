@@ -17,14 +17,16 @@ from fedreid.clients.classification_client import (
     ClassificationClient,
     HideNseekClassificationClient,
     accuracy,
-    initial_state,
 )
 from fedreid.clients.hidenseek_client import global_model
 from fedreid.clients.state import ClientState
 from fedreid.config import compose
 from fedreid.data.classification import client_data, dirichlet_partition, load_pool
 from fedreid.errors import ConfigError
-from fedreid.strategies.hidenseek import MASK, MASK_KEY, SIGNS, W0_KEY, prune
+from fedreid.models.builder import classification_model
+from fedreid.protocol import MASK, MASK_KEY, SIGNS, W0_KEY
+from fedreid.strategies.hidenseek import prune
+from fedreid.tasks import get_task, initial_state
 from fedreid.utils.bitpack import pack_bits
 
 
@@ -83,39 +85,26 @@ def test_clients_fedavg_and_hidenseek_units() -> None:
     metrics = client.evaluate({SIGNS: res.shared[SIGNS]})
     assert set(metrics) == {"accuracy", "loss"}
     # the export helper rebuilds the same dense model from seed, mask and signs
-    dense_model = global_model(cfg, res.shared[SIGNS].numpy(), p.packed_mask)
+    dense_model = global_model(
+        cfg, classification_model(cfg), res.shared[SIGNS].numpy(), p.packed_mask
+    )
     acc = accuracy(dense_model, data.test_x, data.test_y, torch.device("cpu"))["accuracy"]
     assert acc == pytest.approx(metrics["accuracy"])
 
     cfg.strategy.name = "fedavg"
     dense = ClassificationClient(cfg, "client0", data, ClientState(None, None))
-    state = initial_state(cfg)
+    state = initial_state(get_task(cfg), cfg)
     res = dense.fit(state, 1)
     assert set(res.shared) == set(state)
     assert not torch.equal(res.shared["fc.4.weight"], state["fc.4.weight"])
 
 
 # -- two rounds through Flower ----------------------------------------------------------------
-@pytest.fixture
-def simulate(monkeypatch: pytest.MonkeyPatch):
-    """``run_simulation.simulate`` whose ``prepare`` knows the classification task."""
-    run_simulation = pytest.importorskip("run_simulation")
-    original = run_simulation.prepare
-
-    def prepare(cfg):
-        if cfg.task == "classification":
-            from fedreid.data.classification import prepare as prepare_classification
-
-            return prepare_classification(cfg)
-        return original(cfg)
-
-    monkeypatch.setattr(run_simulation, "prepare", prepare)
-    return run_simulation.simulate
-
-
 @pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
 @pytest.mark.parametrize("strategy", ["hidenseek", "fedavg"])
-def test_two_rounds_classification_through_flower(strategy: str, simulate, tmp_path: Path) -> None:
+def test_two_rounds_classification_through_flower(strategy: str, tmp_path: Path) -> None:
+    from fedreid.simulation import simulate
+
     out = tmp_path / strategy
     cfg = compose(
         [
@@ -133,7 +122,9 @@ def test_two_rounds_classification_through_flower(strategy: str, simulate, tmp_p
     assert results["status"] == "finished"
     rounds = {r["round"]: r for r in results["rounds"]}
     assert sorted(rounds) == [1, 2]
-    dense_bytes = sum(v.numel() * 4 for v in initial_state(cfg).values())
+    state = initial_state(get_task(cfg), cfg)
+    # what FedAvg exchanges: every tensor but the BatchNorm counters
+    dense_bytes = sum(v.numel() * 4 for k, v in state.items() if "num_batches" not in k)
     for r in rounds.values():
         assert set(r["clients"]) == {"client0", "client1", "client2"}
         for m in r["clients"].values():

@@ -11,6 +11,7 @@ from fedreid.clients.reid_client import ReIDClient
 from fedreid.clients.state import ClientState
 from fedreid.data import load_market
 from fedreid.models import ReIDNet, is_bn_buffer, shared_state
+from fedreid.protocol import Upload
 from tests.conftest import small_config
 
 
@@ -45,7 +46,8 @@ def test_only_shared_keys_leave_and_head_persists(market_root: Path, tmp_path: P
 def test_local_strategy_sends_nothing_and_keeps_model(market_root: Path) -> None:
     cfg = small_config(**{"strategy.name": "local"})
     record = RecordDict()
-    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(record, None))
+    state = ClientState(record, None)
+    client = ReIDClient(cfg, "toy", load_market(market_root), state, upload=Upload.NONE)
     res = client.fit(None, server_round=1)
     assert res.shared == {}
     assert "local_model" in record.array_records and "head" in record.array_records
@@ -71,7 +73,7 @@ def test_bn_local_policy_keeps_statistics(market_root: Path) -> None:
 
 def test_cdw_distance_and_local_evaluation(market_root: Path) -> None:
     cfg = small_config(**{"strategy.cdw": True, "strategy.cdw_batches": 2})
-    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(None, None))
+    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(None, None), cdw=True)
     res = client.fit(global_shared(), server_round=1, evaluate_local=True)
     assert res.metrics["cdw_distance"] >= 0
     for key in ("local_rank1", "local_mAP", "local_mINP"):

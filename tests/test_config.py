@@ -22,7 +22,7 @@ def test_json_round_trip() -> None:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"strategy": {"name": "fedavgx"}}, "strategy.name"),
+        ({"train": {"amp": "sometimes"}}, "train.amp"),
         ({"strategy": {"kd": True}, "data": {"public": ""}}, "needs public data"),
         ({"strategy": {"density": 0.0}}, "density must be in"),
         ({"strategy": {"density": 1.5}}, "density must be in"),

@@ -198,18 +198,6 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def load_entry_point():
-    """``run_simulation.py`` as a module, wherever pytest was started from."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "run_simulation.py"
-    spec = importlib.util.spec_from_file_location("run_simulation", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_fault_config
 @pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
 def test_fault_schedule_through_flower(
@@ -218,7 +206,8 @@ def test_fault_schedule_through_flower(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fedreid.strategies.base import ReIDStrategy
+    from fedreid.run import RunLoop
+    from fedreid.simulation import simulate
 
     schedule = [f"{r}:{k}:{FAULTY}" for r, k in SCHEDULE.items()]
     schedule += [f"{SKIP_ROUND}:raise:{FAULTY}", f"{SKIP_ROUND}:nan:{OTHER}"]
@@ -242,15 +231,15 @@ def test_fault_schedule_through_flower(
 
     # The server runs in this process: keep a copy of the global model after every round.
     snapshots: dict[int, dict[str, np.ndarray]] = {}
-    original = ReIDStrategy.save_checkpoint
+    original = RunLoop.save_checkpoint
 
-    def snapshot(self: ReIDStrategy, server_round: int) -> None:
-        snapshots[server_round] = {k: np.array(v, copy=True) for k, v in self.global_arrays.items()}
+    def snapshot(self: RunLoop, server_round: int) -> None:
+        snapshots[server_round] = {k: np.array(v, copy=True) for k, v in self.arrays.items()}
         original(self, server_round)
 
-    monkeypatch.setattr(ReIDStrategy, "save_checkpoint", snapshot)
+    monkeypatch.setattr(RunLoop, "save_checkpoint", snapshot)
     caplog.set_level(logging.INFO, logger="fedreid")
-    out = Path(load_entry_point().simulate(cfg))
+    out = Path(simulate(cfg))
 
     payload = json.loads((out / "results.json").read_text())
     assert payload["status"] == "finished"

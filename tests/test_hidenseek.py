@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedreid.clients.hidenseek_client import MASK_STATE, HideNseekClient
 from fedreid.clients.state import ClientState
@@ -19,20 +19,10 @@ from fedreid.config import compose
 from fedreid.data import load_market
 from fedreid.errors import ConfigError, UpdateError
 from fedreid.models.supermask import get_signs
-from fedreid.results import RunRecorder
-from fedreid.strategies.hidenseek import (
-    MASK,
-    MASK_KEY,
-    SIGNS,
-    W0_KEY,
-    HideNseek,
-    Pruning,
-    prune,
-    weighted_vote,
-)
-from fedreid.strategies.replies import ClientReply
+from fedreid.protocol import MASK, MASK_KEY, SIGNS, W0_KEY
+from fedreid.strategies.hidenseek import HideNseek, Pruning, initial_arrays, prune, weighted_vote
 from fedreid.utils.bitpack import pack_bits, packed_size, unpack_bits, unpack_tensors
-from tests.conftest import small_config
+from tests.conftest import small_config, train_reply
 
 T, F = True, False
 
@@ -68,91 +58,91 @@ def test_vote_weights_matter_and_ties_keep_previous() -> None:
         weighted_vote([up], [0], prev)
 
 
-def _strategy(tmp_path: Path, n: int = 10) -> HideNseek:
-    """A HideNseek server with a hand-made 10-weight mask (no SynFlow)."""
-    cfg = compose(["strategy=hidenseek"])
-    s = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
-    masks = {"w": torch.tensor([T] * n + [F] * 6)}
-    s.pruning = Pruning(masks, [("w", (16,))], pack_bits(masks["w"]), "w0", "m")
-    s.global_arrays = {SIGNS: pack_bits(np.ones(n, dtype=bool))}
-    s._first_round = 1
-    return s
+def _strategy() -> HideNseek:
+    """A HideNseek server over a 4x4 linear layer (16 maskable weights; no SynFlow)."""
+    torch.manual_seed(0)
+    w0 = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    return HideNseek(w0=w0, min_train_nodes=1, min_available_nodes=1)
 
 
-def _reply(name: str, node: int, n: int, bits: np.ndarray) -> ClientReply:
-    return ClientReply(node, name, n, {"train_loss": 1.0}, {SIGNS: pack_bits(bits)}, 2)
+MASK16 = np.array([T] * 10 + [F] * 6)
 
 
-def test_aggregate_replies_records_metrics_and_excludes_bad_padding(tmp_path: Path) -> None:
-    s = _strategy(tmp_path)
-    bits_a = np.array([F] * 10)
-    bits_b = np.array([T] * 5 + [F] * 5)
-    bad = _reply("bad", 3, 100, bits_b)
-    bad.arrays[SIGNS] = bad.arrays[SIGNS].copy()
-    bad.arrays[SIGNS][-1] |= 0b1000_0000  # a padding bit set: must not shift or count
-    new = s.aggregate_replies(1, [_reply("a", 1, 30, bits_a), _reply("b", 2, 10, bits_b), bad])
-    assert new is not None
-    assert unpack_bits(new[SIGNS], 10).tolist() == [F] * 10  # 30 vs 10: a wins everywhere
-    server = s.recorder.rounds[0]["server"]
-    assert server["excluded"] == 1
-    assert server["flipped"] == 1.0
-    assert server["agreement"] == pytest.approx((5 * 1.0 + 5 * 0.75) / 10)
-    clients = s.recorder.rounds[0]["clients"]
-    assert clients["a"]["agg_weight"] == pytest.approx(0.75)
-    assert clients["b"]["sign_agreement"] == pytest.approx(0.5)
+def _arrays(signs: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({SIGNS: Array(pack_bits(signs)), MASK: Array(pack_bits(MASK16))})
 
 
-def test_mask_goes_only_to_nodes_without_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _reply(node: int, n: int, bits: np.ndarray) -> Message:
+    return train_reply(node, {SIGNS: pack_bits(bits)}, {"train_loss": 1.0}, n)
+
+
+class _Grid:
+    """The two calls of Flower's Grid that configure_train/evaluate make."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+@pytest.fixture
+def in_serverapp(monkeypatch: pytest.MonkeyPatch) -> None:
     from flwr.supercore.task_identity import TaskIdentity  # set inside a real ServerApp
 
     for key in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, key, 1)
-    s = _strategy(tmp_path)
-    cfg_record = ConfigRecord({"x": 1})
-    msgs = [
-        Message(
-            content=RecordDict({"arrays": s.downlink(1), "config": cfg_record}),
-            dst_node_id=node,
-            message_type="train",
-        )
-        for node in (1, 2)
-    ]
+
+
+def test_aggregate_train_records_metrics_and_excludes_bad_padding(in_serverapp) -> None:
+    s = _strategy()
+    s.configure_train(1, _arrays(np.ones(10, dtype=bool)), ConfigRecord(), _Grid())
+    bits_a = np.array([F] * 10)
+    bits_b = np.array([T] * 5 + [F] * 5)
+    bad_bits = pack_bits(bits_b).copy()
+    bad_bits[-1] |= 0b1000_0000  # a padding bit set: must not shift or count
+    bad = train_reply(3, {SIGNS: bad_bits}, {"train_loss": 1.0}, 100)
+    arrays, metrics = s.aggregate_train(1, [_reply(1, 30, bits_a), _reply(2, 10, bits_b), bad])
+    assert arrays is not None and metrics is not None
+    assert unpack_bits(arrays[SIGNS].numpy(), 10).tolist() == [F] * 10  # 30 vs 10: a wins
+    np.testing.assert_array_equal(arrays[MASK].numpy(), pack_bits(MASK16))  # mask kept
+    report = s.take_report()
+    assert list(report.excluded) == [3]
+    assert report.server["flipped"] == 1.0
+    assert report.server["agreement"] == pytest.approx((5 * 1.0 + 5 * 0.75) / 10)
+    assert report.clients[1]["agg_weight"] == pytest.approx(0.75)
+    assert report.clients[2]["sign_agreement"] == pytest.approx(0.5)
+
+
+def test_mask_goes_only_to_nodes_without_it(in_serverapp) -> None:
+    s = _strategy()
     s._has_mask = {1}
-    out = s._attach_mask(msgs, train=True)
-    assert set(out[0].content["arrays"].keys()) == {SIGNS}
-    assert set(out[1].content["arrays"].keys()) == {SIGNS, MASK}
-    assert out[1].content["config"]["x"] == 1
-    assert s._bytes_down[2] == out[1].content["arrays"].count_bytes()
+    out = list(s.configure_train(1, _arrays(np.ones(10, dtype=bool)), ConfigRecord(), _Grid()))
+    by_node = {m.metadata.dst_node_id: m for m in out}
+    assert set(by_node[1].content["arrays"].keys()) == {SIGNS}
+    assert set(by_node[2].content["arrays"].keys()) == {SIGNS, MASK}
+    config = by_node[2].content["config"]
+    assert config[W0_KEY] == s.w0_checksum and config["hidenseek-bits"] == 10
+    assert config[MASK_KEY] == s.pruning(_arrays(np.ones(10, dtype=bool))).mask_checksum
+    # a reply must carry the packed signs only
+    assert s.expected_reply(by_node[2].content["arrays"]) == {SIGNS: ((2,), np.dtype(np.uint8))}
 
 
-def test_state_dict_round_trip_and_resume_skips_synflow(tmp_path: Path) -> None:
+def test_initial_arrays_hold_all_plus_signs_and_the_mask() -> None:
     cfg = compose(["strategy=hidenseek", "strategy.synflow_iterations=3"], config_name="classify")
-    s = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
-    first = s.initial_arrays()
-    assert unpack_bits(first[SIGNS].numpy(), s.pruning.n_surviving).all()  # all +1
-    state = s.state_dict()
-    other = HideNseek(cfg, RunRecorder(tmp_path / "b", {}), num_clients=2)
-    other.load_state_dict(state)
-    assert other.pruning.mask_checksum == s.pruning.mask_checksum
-    assert np.array_equal(other.pruning.packed_mask, s.pruning.packed_mask)
-    # resume: the mask comes from the checkpoint, SynFlow does not run again
-    torch.save({"strategy": state}, tmp_path / "checkpoint.pt")
-    cfg.resume = True
-    resumed = HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=2)
-    resumed.initial_arrays()
-    assert resumed.pruning.seconds == 0.0
-    assert resumed.pruning.w0_checksum == s.pruning.w0_checksum
-    bad = dict(state, mask_checksum="0" * 64)
-    with pytest.raises(ConfigError, match="corrupt"):
-        HideNseek(cfg, RunRecorder(tmp_path / "c", {}), num_clients=2).load_state_dict(bad)
+    arrays, metrics = initial_arrays(cfg)
+    p = prune(cfg)
+    assert unpack_bits(arrays[SIGNS].numpy(), p.n_surviving).all()  # all +1
+    np.testing.assert_array_equal(arrays[MASK].numpy(), p.packed_mask)  # deterministic
+    assert metrics["mask_bytes"] == p.packed_mask.size and metrics["synflow_s"] >= 0
+    # the strategy decodes the same pruning from the arrays (resume needs no second SynFlow)
+    from fedreid.tasks import get_task
+
+    s = HideNseek(w0=get_task(cfg).seeded_model(cfg), min_train_nodes=1, min_available_nodes=1)
+    assert s.pruning(arrays).mask_checksum == p.mask_checksum
+    assert s.w0_checksum == p.w0_checksum
 
 
-def test_bn_policy_average_is_refused(tmp_path: Path) -> None:
-    cfg = compose(["strategy=hidenseek", "strategy.bn_policy=average"])
+def test_bn_policy_average_is_refused() -> None:
     with pytest.raises(ConfigError, match="bn_policy=local"):
-        HideNseek(cfg, RunRecorder(tmp_path, {}), num_clients=1)
+        HideNseek(w0=torch.nn.Linear(2, 2), bn_policy="average")
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -262,11 +252,11 @@ def test_mask_received_once_then_reused_from_state(
 # -- two rounds through Flower ----------------------------------------------------------------
 @pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
 def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
-    run_simulation = pytest.importorskip("run_simulation")
     from fedreid.data.synthetic import generate
+    from fedreid.models.builder import seeded_reid_model
     from fedreid.models.reid import shared_state
     from fedreid.models.synflow import prunable_layers
-    from fedreid.server_app import initial_model
+    from fedreid.simulation import simulate
 
     def maskable(model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(prunable_layers(model).values())
@@ -287,7 +277,7 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
             f"output_dir={out}",
         ]
     )
-    run_simulation.simulate(cfg)
+    simulate(cfg)
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished"
     rounds = {r["round"]: r for r in results["rounds"]}
@@ -295,7 +285,7 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
 
     n = int(rounds[1]["server"]["bits"])  # surviving weights, as the server counted them
     mask_bytes = int(rounds[1]["server"]["mask_bytes"])
-    model = initial_model(cfg)
+    model = seeded_reid_model(cfg)
     assert n == round(cfg.strategy.density * sum(m.weight.numel() for m in maskable(model)))
     assert mask_bytes == math.ceil(sum(m.weight.numel() for m in maskable(model)) / 8)
     fedpav_up = ArrayRecord(torch_state_dict=shared_state(model)).count_bytes()

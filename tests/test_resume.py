@@ -56,20 +56,10 @@ def make_cfg(root: Path, out: Path, rounds: int, resume: bool = False) -> Config
     return cfg
 
 
-def load_entry_point():
-    """``run_simulation.py`` as a module, wherever pytest was started from."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "run_simulation.py"
-    spec = importlib.util.spec_from_file_location("run_simulation", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def simulate(cfg: Config) -> dict:
-    out = Path(load_entry_point().simulate(cfg))
+    from fedreid.simulation import simulate as run
+
+    out = Path(run(cfg))
     return json.loads((out / "results.json").read_text())
 
 
@@ -85,7 +75,7 @@ def test_resume_matches_uninterrupted(
     part_dir = tmp_path / "stopped"
     first = simulate(make_cfg(tiny_root, part_dir, 2))
     assert [r["round"] for r in first["rounds"]] == [1, 2]
-    ckpt = torch.load(part_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(part_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["round"] == 2
     heads = sorted(p.parent.name for p in (part_dir / "clients").rglob("head.pt"))
     assert heads == ["cuhk03", "market1501"], "client heads persist in the run folder"

@@ -11,8 +11,8 @@ import pytest
 from fedreid.config import DataConfig, compose
 from fedreid.data import load_market
 from fedreid.data.__main__ import main as data_main
-from fedreid.data.scenarios import client_specs
-from fedreid.data.split import camera_part, identity_groups, identity_part, split_specs
+from fedreid.data.scenarios import client_specs, split_specs
+from fedreid.data.split import camera_part, identity_groups, identity_part
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import ConfigError, DatasetError
 from tests.conftest import write_market

@@ -15,8 +15,7 @@ import pytest
 from fedreid import compare
 from fedreid.config import compose
 from fedreid.errors import ConfigError
-
-run_simulation = pytest.importorskip("run_simulation")
+from fedreid.simulation import simulate
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +44,7 @@ def test_two_rounds(strategy: str, tiny_root: Path, tmp_path: Path) -> None:
             f"output_dir={out}",
         ]
     )
-    run_simulation.simulate(cfg)
+    simulate(cfg)
 
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished"

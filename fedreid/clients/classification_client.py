@@ -37,39 +37,15 @@ from fedreid.clients.hidenseek_client import SignProtocol, score_optimizer
 from fedreid.clients.reid_client import FitResult
 from fedreid.clients.state import ClientState
 from fedreid.config import Config
-from fedreid.data.classification import ClientData, client_data, dataset_info, resolve_client
+from fedreid.data.classification import ClientData, client_data, resolve_client
 from fedreid.errors import ConfigError, DatasetError
-from fedreid.models.convnet import Conv4
+from fedreid.models.builder import classification_model
 from fedreid.models.reid import is_bn_buffer
 from fedreid.models.supermask import to_dense
+from fedreid.protocol import Upload, round_seed
 from fedreid.training import make_optimizer, resolve_device, train_epochs
 
 log = logging.getLogger(__name__)
-
-MODELS = ("conv4", "resnet18")
-
-
-def classification_model(cfg: Config) -> nn.Module:
-    """The seeded classification network for ``cfg.classification`` (model and dataset)."""
-    c = cfg.classification
-    info = dataset_info(c.dataset)
-    torch.manual_seed(cfg.seed)
-    if c.model == "conv4":
-        return Conv4(info.channels, info.num_classes, info.image_size)
-    if c.model == "resnet18":
-        from torchvision.models import resnet18
-
-        net = resnet18(weights=None, num_classes=info.num_classes)
-        net.conv1 = nn.Conv2d(info.channels, 64, 3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-        net.maxpool = nn.Identity()
-        return net
-    raise ConfigError(f"classification.model={c.model!r}: choose one of {MODELS}")
-
-
-def initial_state(cfg: Config) -> dict[str, torch.Tensor]:
-    """The seeded model's whole state_dict: FedAvg's initial global arrays."""
-    return {k: v.detach().clone() for k, v in classification_model(cfg).state_dict().items()}
 
 
 def _loader(data: ClientData, cfg: Config, seed: int) -> DataLoader:
@@ -123,7 +99,7 @@ class _Base:
         return self.dataset.num_test
 
     def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, server_round: int):
-        loader = _loader(self.dataset, self.cfg, seed=self.cfg.seed * 100_003 + server_round)
+        loader = _loader(self.dataset, self.cfg, seed=round_seed(self.cfg.seed, server_round))
         return train_epochs(model, loader, optimizer, self.cfg.train, self.device)
 
     def _evaluate(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
@@ -146,9 +122,8 @@ class ClassificationClient(_Base):
     def build_model(self, shared: Mapping[str, torch.Tensor] | None) -> nn.Module:
         model = classification_model(self.cfg)
         if shared is not None:
-            missing = set(model.state_dict()) - set(shared)
-            if self.keep_bn:
-                missing = {k for k in missing if not is_bn_buffer(k)}
+            # BatchNorm statistics may be absent (bn_policy=local; counters are never sent)
+            missing = {k for k in set(model.state_dict()) - set(shared) if not is_bn_buffer(k)}
             if missing:
                 raise ConfigError(f"client {self.name}: global model lacks {sorted(missing)[:3]}")
             model.load_state_dict(dict(shared), strict=False)
@@ -177,7 +152,7 @@ class ClassificationClient(_Base):
             bn = {k: v for k, v in out.items() if is_bn_buffer(k)}
             if bn:
                 self.state.save("bn", bn)
-            out = {k: v for k, v in out.items() if not is_bn_buffer(k)}
+        out = {k: out[k] for k in (shared or {})}  # exactly the keys received, in order
         return FitResult(shared=out, num_examples=self.dataset.num_train, metrics=metrics)
 
     def evaluate(self, shared: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
@@ -226,16 +201,17 @@ class HideNseekClassificationClient(_Base):
 
 def build_classification_client(
     cfg: Config,
+    upload: Upload,
     node_config: Mapping[str, Any],
     context_state: RecordDict | None,
     server_config: Mapping[str, Any] | None = None,
 ) -> ClassificationClient | HideNseekClassificationClient:
-    """The classification client for this node (``partition-id``) and ``cfg.strategy.name``."""
+    """The classification client for this node (``partition-id``) and the upload it must send."""
     index, name, state_dir = resolve_client(dict(node_config), cfg)
     data = client_data(cfg, index)
     state = ClientState(context_state, state_dir)
-    if cfg.strategy.name == "hidenseek":
+    if upload == Upload.SIGNS:
         return HideNseekClassificationClient(cfg, name, data, state, server_config)
-    if cfg.strategy.name == "fedavg":
+    if upload == Upload.SHARED:
         return ClassificationClient(cfg, name, data, state)
-    raise ConfigError(f"task=classification supports fedavg or hidenseek, not {cfg.strategy.name}")
+    raise ConfigError(f"task=classification cannot answer with upload {upload!r}")

@@ -32,33 +32,28 @@ those of a healthy client (a fault in one round does not leak into the next).
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedreid.config import (
+    EVALUATE_KINDS,
+    FAULT_KINDS,
+    Config,
+    Fault,
+    fault_for,
+    scheduled_faults,
+)
 from fedreid.errors import ConfigError, FedReIDError
+
+__all__ = ["FAULT_KINDS", "Fault", "FaultyClient", "InjectedFault", "corrupt", "maybe_faulty"]
+__all__ += ["fault_for", "scheduled_faults"]
 
 log = logging.getLogger("fedreid")
 
-FAULT_KINDS = (
-    "raise",
-    "timeout",
-    "nan",
-    "inf",
-    "shape",
-    "dtype",
-    "missing_key",
-    "extra_key",
-    "num_examples",
-)
-"""Every kind :class:`FaultyClient` knows."""
-EVALUATE_KINDS = ("raise", "timeout", "nan")
-"""Kinds that make sense for evaluation replies (no tensors are uploaded there)."""
-FAULT_PHASES = ("train", "evaluate", "both")
 EXTRA_KEY = "classifier.weight"
 
 
@@ -66,82 +61,13 @@ class InjectedFault(FedReIDError, RuntimeError):
     """Raised by a client told to fail (``fault.kind=raise``)."""
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One scheduled fault: ``kind`` shown by ``client`` in ``round`` (0 = every round)."""
-
-    kind: str
-    client: str
-    round: int = 0
-
-
-def _field(section: Any, name: str, default: Any) -> Any:
-    return getattr(section, name, default) if section is not None else default
-
-
-def scheduled_faults(cfg: Any) -> list[Fault]:
-    """All faults of ``cfg.fault`` (``kind``/``client``/``rounds`` plus ``schedule``).
-
-    Raises:
-        ConfigError: an unknown kind or phase, a kind without a client, a malformed entry.
-    """
-    section = getattr(cfg, "fault", None)
-    kind = str(_field(section, "kind", "") or "")
-    client = str(_field(section, "client", "") or "")
-    rounds = [int(r) for r in (_field(section, "rounds", []) or [])]
-    schedule = [str(s) for s in (_field(section, "schedule", []) or [])]
-    phase = str(_field(section, "phase", "train") or "train")
-    if any(r < 1 for r in rounds):
-        raise ConfigError(f"fault.rounds must be rounds >= 1, got {rounds}")
-    faults: list[Fault] = []
-    if kind:
-        if not client:
-            raise ConfigError(f"fault.kind={kind!r} needs fault.client (a client name)")
-        faults += [Fault(kind, client, r) for r in rounds] if rounds else [Fault(kind, client)]
-    elif client or rounds:
-        raise ConfigError("fault.client/fault.rounds are set but fault.kind is empty")
-    for entry in schedule:
-        parts = entry.split(":")
-        if len(parts) != 3 or not parts[0].strip().isdigit() or not parts[2].strip():
-            raise ConfigError(
-                f"fault.schedule entry {entry!r}: expected ROUND:KIND:CLIENT, e.g. 3:nan:cuhk03"
-            )
-        if int(parts[0]) < 1:
-            raise ConfigError(f"fault.schedule entry {entry!r}: rounds start at 1")
-        faults.append(Fault(parts[1].strip(), parts[2].strip(), int(parts[0])))
-    for f in faults:
-        if f.kind not in FAULT_KINDS:
-            raise ConfigError(f"fault kind {f.kind!r} is not one of {', '.join(FAULT_KINDS)}")
-    if phase not in FAULT_PHASES:
-        raise ConfigError(f"fault.phase={phase!r} must be one of {FAULT_PHASES}")
-    sleep_s = float(_field(section, "sleep_s", 0.0) or 0.0)
-    if sleep_s < 0 or not math.isfinite(sleep_s):
-        raise ConfigError(f"fault.sleep_s must be >= 0, got {sleep_s}")
-    return faults
-
-
-def validate_faults(cfg: Any) -> None:
-    """Config-time check of the ``fault`` section (for :func:`fedreid.config.validate`)."""
-    scheduled_faults(cfg)
-
-
-def fault_for(cfg: Any, client: str, server_round: int) -> str:
-    """The fault kind ``client`` shows in ``server_round`` ("" = none; first entry wins)."""
-    for f in scheduled_faults(cfg):
-        if f.client == client and f.round in (0, server_round):
-            return f.kind
-    return ""
-
-
-def maybe_faulty(cfg: Any, client: Any, server_round: int) -> Any:
+def maybe_faulty(cfg: Config, client: Any, server_round: int) -> Any:
     """``client`` itself, or a :class:`FaultyClient` when a fault is scheduled for it now."""
     kind = fault_for(cfg, client.name, server_round)
     if not kind:
         return client
-    section = getattr(cfg, "fault", None)
-    sleep_s = float(_field(section, "sleep_s", 0.0) or 0.0) or float(cfg.round_timeout_s) + 10
-    phase = str(_field(section, "phase", "train") or "train")
-    return FaultyClient(client, kind, server_round, sleep_s=sleep_s, phase=phase)
+    sleep_s = cfg.fault.sleep_s or float(cfg.round_timeout_s) + 10
+    return FaultyClient(client, kind, server_round, sleep_s=sleep_s, phase=cfg.fault.phase)
 
 
 class FaultyClient:

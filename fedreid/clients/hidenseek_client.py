@@ -3,7 +3,7 @@
 The client end of the protocol in :mod:`fedreid.strategies.hidenseek`:
 
 * **w0** is rebuilt from the shipped config's seed with the server's own constructor
-  (:func:`~fedreid.strategies.hidenseek.seeded_model`) and checked against the server's
+  (:func:`~fedreid.models.builder.seeded_reid_model`) and checked against the server's
   SHA-256 checksum; a mismatch (other torch/torchvision version, other model settings) stops
   the client with a :class:`~fedreid.errors.ConfigError` naming both checksums.
 * **The pruning mask** arrives once (first message of a run, or after an error reply) and is
@@ -41,6 +41,7 @@ from fedreid.clients.state import ClientState, load_head
 from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import ConfigError, DatasetError, UpdateError
+from fedreid.models.builder import seeded_reid_model
 from fedreid.models.reid import HEAD_PREFIX, head_state, is_bn_buffer
 from fedreid.models.supermask import (
     convert_to_supermask,
@@ -49,14 +50,14 @@ from fedreid.models.supermask import (
     set_signs,
     to_dense,
 )
-from fedreid.strategies.hidenseek import (
+from fedreid.protocol import (
     MASK,
     MASK_KEY,
     SIGNS,
     W0_KEY,
     frozen_state,
     mask_layout,
-    seeded_model,
+    round_seed,
     signs_layout,
 )
 from fedreid.training import make_optimizer, resolve_device, train_epochs, train_loader
@@ -162,7 +163,7 @@ class SignProtocol:
         """Verify ``w0``, apply the mask, load the global signs and the local BN statistics.
 
         Args:
-            model: the freshly seeded network (:func:`seeded_model`), on the CPU.
+            model: the freshly seeded network (:mod:`fedreid.models.builder`), on the CPU.
             received: the message's arrays: ``signs`` and, once, ``mask``.
             trainable_prefixes: parameters left trainable besides the scores (the ReID head).
         """
@@ -217,22 +218,17 @@ def score_optimizer(
     )
 
 
-def global_model(
-    cfg: Config, signs: np.ndarray, mask: np.ndarray, num_classes: int = 0
-) -> nn.Module:
-    """The dense global model from a run's seed, packed mask and packed signs (export).
+def global_model(cfg: Config, model: nn.Module, signs: np.ndarray, mask: np.ndarray) -> nn.Module:
+    """The dense global model from the seeded ``model``, a packed mask and packed signs (export).
 
     BatchNorm running statistics are the seeded ones (each client has its own).
     """
-    from fedreid.strategies.hidenseek import Pruning
-
-    model = seeded_model(cfg, num_classes)
-    layout = mask_layout(model)
-    masks = unpack_tensors(mask, layout)
-    p = Pruning(masks, layout, mask, checksum(frozen_state(model)), checksum(masks))
-    state = ClientState(None, None)
+    masks = unpack_tensors(mask, mask_layout(model))
     protocol = SignProtocol(
-        cfg, "export", state, {W0_KEY: p.w0_checksum, MASK_KEY: p.mask_checksum}
+        cfg,
+        "export",
+        ClientState(None, None),
+        {W0_KEY: checksum(frozen_state(model)), MASK_KEY: checksum(masks)},
     )
     model = protocol.build(model, {SIGNS: torch.from_numpy(signs), MASK: torch.from_numpy(mask)})
     return to_dense(model)
@@ -269,7 +265,7 @@ class HideNseekClient:
 
     def build_model(self, received: Mapping[str, torch.Tensor] | None) -> nn.Module:
         """Seeded w0 -> sign supermask with the global signs, own BN statistics and head."""
-        model = seeded_model(self.cfg, self.dataset.num_train_pids)
+        model = seeded_reid_model(self.cfg, self.dataset.num_train_pids)
         model = self.protocol.build(model, received)
         head = load_head(self.state, self.dataset.num_train_pids, self.name)
         if head is not None:
@@ -285,7 +281,7 @@ class HideNseekClient:
         """Train scores + head on the global signs; return the packed sign bits only."""
         model = self.build_model(received)
         loader = train_loader(
-            self.dataset.train, self.cfg.data, seed=self.cfg.seed * 100_003 + server_round
+            self.dataset.train, self.cfg.data, seed=round_seed(self.cfg.seed, server_round)
         )
         optimizer = score_optimizer(model, self.cfg, list(model.classifier.parameters()))
         metrics = train_epochs(model, loader, optimizer, self.cfg.train, self.device)

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedreid.clients.cdw import logit_distance
 from fedreid.clients.state import ClientState, load_head
 from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import DatasetError
+from fedreid.models.builder import reid_model
 from fedreid.models.reid import ReIDNet, head_state, is_bn_buffer, load_shared, shared_state
+from fedreid.protocol import Upload, round_seed
 from fedreid.training import (
     make_optimizer,
     plain_loader,
@@ -56,6 +59,7 @@ def ranking_metrics(
         batch_size=cfg.data.eval_batch_size,
         device=device,
         num_workers=cfg.data.num_workers,
+        amp=cfg.train.amp,
     )
     return {f"{prefix}{k}": float(res[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
 
@@ -67,26 +71,40 @@ class ReIDClient:
         cfg: the run's config (as shipped by the server).
         name: the client's name (its dataset or scenario part).
         dataset: its train/query/gallery lists.
-        state: where the head (and, for ``strategy=local``, the whole model) persists.
+        state: where the head (and, for local training, the whole model) persists.
+        upload: what the server asked for: the shared part (FedPav) or nothing (local).
+        cdw: also report ``cdw_distance`` (cosine-distance weighting).
 
     With ``strategy.bn_policy=local`` the client keeps its own BatchNorm running statistics:
     it ignores the server's and does not upload its own.
     """
 
-    def __init__(self, cfg: Config, name: str, dataset: ReIDDataset, state: ClientState) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        dataset: ReIDDataset,
+        state: ClientState,
+        upload: Upload = Upload.SHARED,
+        cdw: bool = False,
+    ) -> None:
+        if upload not in (Upload.SHARED, Upload.NONE):
+            raise ValueError(f"ReIDClient cannot upload {upload!r}")
         if not dataset.train:
             raise DatasetError(f"client {name}: empty training set under {dataset.root}")
         self.cfg = cfg
         self.name = name
         self.dataset = dataset
         self.state = state
+        self.upload = upload
+        self.cdw = cdw
         self.device = resolve_device(cfg.train.device)
         torch.set_num_threads(max(1, cfg.train.threads))
 
     @property
     def local_only(self) -> bool:
-        """``strategy=local``: the client trains and keeps its whole model alone."""
-        return self.cfg.strategy.name == "local"
+        """Local training: the client trains and keeps its whole model alone."""
+        return self.upload == Upload.NONE
 
     @property
     def keep_bn(self) -> bool:
@@ -100,14 +118,7 @@ class ReIDClient:
         # ImageNet weights only for a local-only client's very first model (nothing to load)
         pretrained = self.local_only and m.pretrained and own is None and shared is None
         torch.manual_seed(self.cfg.seed)
-        model = ReIDNet(
-            self.dataset.num_train_pids,
-            arch=m.arch,
-            pretrained=pretrained,
-            last_stride=m.last_stride,
-            embed_dim=m.embed_dim,
-            dropout=m.dropout,
-        )
+        model = reid_model(m, self.dataset.num_train_pids, pretrained=pretrained)
         if self.local_only and own is not None:
             load_shared(model, own)
         elif shared is not None:
@@ -139,16 +150,14 @@ class ReIDClient:
             evaluate_local: also rank the trained model before aggregation ("FedPav Local").
         """
         model = self.build_model(shared)
-        seed = self.cfg.seed * 100_003 + server_round
+        seed = round_seed(self.cfg.seed, server_round)
         torch.manual_seed(seed)  # dropout and augmentation differ per round, reproducibly
         loader = train_loader(self.dataset.train, self.cfg.data, seed=seed)
-        cdw_batches = self._cdw_batches() if self.cfg.strategy.cdw else None
+        cdw_batches = self._cdw_batches() if self.cdw else None
         old_logits = self._logits(model, cdw_batches) if cdw_batches else None
         optimizer = make_optimizer(model, self.cfg.train)
         metrics = train_epochs(model, loader, optimizer, self.cfg.train, self.device)
         if cdw_batches:
-            from fedreid.strategies.cdw import logit_distance
-
             metrics["cdw_distance"] = logit_distance(old_logits, self._logits(model, cdw_batches))
         self.state.save("head", head_state(model))
         out = shared_state(model)
@@ -156,10 +165,10 @@ class ReIDClient:
             self.state.save("local_model", out)
         if evaluate_local:
             metrics.update(ranking_metrics(model, self.dataset, self.cfg, self.device, "local_"))
-        if self.local_only:
-            out = {}
-        elif self.keep_bn:
-            out = {k: v for k, v in out.items() if not is_bn_buffer(k)}
+        # The reply carries the keys received, in their order (what Flower's strategies and
+        # DP clipping mods expect), never BatchNorm statistics under bn_policy=local, and
+        # nothing when training locally.
+        out = {k: out[k] for k in (shared or {}) if not (self.keep_bn and is_bn_buffer(k))}
         return FitResult(
             shared={k: v.cpu().contiguous() for k, v in out.items()},
             num_examples=len(self.dataset.train),

@@ -7,6 +7,7 @@ resumes with its head. Reads prefer ``context.state`` and fall back to the direc
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,19 +26,23 @@ class ClientState:
     def __init__(self, record: RecordDict | None, directory: Path | None) -> None:
         self.record = record
         self.directory = directory
+        # context.state outlives a run (a SuperNode serves many runs, a simulation many
+        # sub-runs): entries are keyed by the state directory, so a new run starts clean.
+        tag = hashlib.sha256(str(directory).encode()).hexdigest()[:12] if directory else ""
+        self.prefix = f"{tag}:" if tag else ""
 
     def _file(self, key: str) -> Path | None:
         return None if self.directory is None else self.directory / f"{key}.pt"
 
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
         """The tensors saved under ``key``, or None if this client has none yet."""
-        if self.record is not None and key in self.record.array_records:
-            return self.record.array_records[key].to_torch_state_dict()
+        if self.record is not None and self.prefix + key in self.record.array_records:
+            return self.record.array_records[self.prefix + key].to_torch_state_dict()
         path = self._file(key)
         if path is not None and path.is_file():
             tensors = torch.load(path, map_location="cpu", weights_only=True)
             if self.record is not None:
-                self.record.array_records[key] = ArrayRecord(torch_state_dict=tensors)
+                self.record.array_records[self.prefix + key] = ArrayRecord(torch_state_dict=tensors)
             return tensors
         return None
 
@@ -45,7 +50,7 @@ class ClientState:
         """Store ``tensors`` under ``key`` in context.state and (atomically) on disk."""
         cpu = {k: v.detach().cpu().clone() for k, v in tensors.items()}
         if self.record is not None:
-            self.record.array_records[key] = ArrayRecord(torch_state_dict=cpu)
+            self.record.array_records[self.prefix + key] = ArrayRecord(torch_state_dict=cpu)
         path = self._file(key)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,16 +24,9 @@ and gallery keep the dataset's own pids and cameras.
 from __future__ import annotations
 
 import random
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedreid.data.types import ReIDDataset, relabel
 from fedreid.errors import ConfigError, DatasetError
-
-if TYPE_CHECKING:  # scenarios imports this module lazily; no import cycle at run time
-    from fedreid.config import DataConfig
-    from fedreid.data.scenarios import ClientSpec
 
 SPLIT_SCENARIOS = ("by_camera", "by_identity")
 
@@ -154,81 +147,3 @@ def identity_part(ds: ReIDDataset, part: int, num_parts: int, seed: int = 0) -> 
 def training_cameras(ds: ReIDDataset) -> list[int]:
     """Sorted 0-based camera ids that took at least one training image."""
     return sorted({cam for _, _, cam in ds.train})
-
-
-@lru_cache(maxsize=8)
-def _train_layout(
-    dataset: str, root: str, source: str, seed: int = 0
-) -> tuple[tuple[int, ...], int]:
-    """``(training cameras, number of training identities)`` of one dataset, read once.
-
-    :func:`split_specs` runs whenever the client list is resolved (the server and, in
-    simulation, every client message), so the file listing is cached per process.
-    Failures are not cached.
-    """
-    from fedreid.data.scenarios import load_named
-
-    ds = load_named(dataset, Path(root), source, seed)
-    return tuple(training_cameras(ds)), ds.num_train_pids
-
-
-def split_specs(data: DataConfig, root: str) -> list[ClientSpec]:
-    """The clients of a split scenario, in partition-id order.
-
-    - ``by_camera``: one client per training camera of ``data.split_dataset``, named
-      ``<dataset>-cam<C>`` with ``C`` the 1-based camera number as on disk
-      (``market1501-cam1``, ...).
-    - ``by_identity``: ``data.num_splits`` clients named ``<dataset>-ids<k>of<n>``
-      (``market1501-ids1of4``, ...).
-
-    The dataset is read once to find its cameras / identities: for synthetic data from
-    ``root/<split_dataset>`` (Market layout), for real data through
-    :func:`fedreid.data.readers.load_dataset`.
-
-    Args:
-        data: the data config (``scenario``, ``split_dataset``, ``num_splits``, ``source``,
-            ``seed``).
-        root: the absolute data root.
-
-    Raises:
-        ConfigError: unknown scenario, ``split_dataset`` empty, ``num_splits < 2`` or more
-            splits than training identities.
-        DatasetError: the dataset cannot be read.
-
-    Examples:
-        >>> from fedreid.config import DataConfig
-        >>> cfg = DataConfig(scenario="by_identity", split_dataset="market1501", num_splits=4)
-        >>> [s.name for s in split_specs(cfg, "/data/synthetic")]  # doctest: +SKIP
-        ['market1501-ids1of4', 'market1501-ids2of4', 'market1501-ids3of4', 'market1501-ids4of4']
-    """
-    from fedreid.data.scenarios import ClientSpec
-
-    if data.scenario not in SPLIT_SCENARIOS:
-        names = ", ".join(SPLIT_SCENARIOS)
-        raise ConfigError(f"data.scenario={data.scenario!r} is not a split scenario ({names})")
-    name = data.split_dataset.strip()
-    if not name:
-        raise ConfigError(
-            f"data.scenario={data.scenario} needs data.split_dataset: the dataset to split "
-            "(for example data.split_dataset=market1501)"
-        )
-    if data.scenario == "by_identity" and data.num_splits < 2:
-        raise ConfigError(
-            f"data.scenario=by_identity needs data.num_splits >= 2, got {data.num_splits}"
-        )
-    cameras, num_ids = _train_layout(name, str(root), data.source, data.seed)
-    common = {"dataset": name, "root": str(root), "source": data.source, "seed": data.seed}
-    if data.scenario == "by_camera":
-        if len(cameras) < 2:
-            raise DatasetError(
-                f"{name}: by_camera needs at least 2 training cameras, found {len(cameras)}"
-            )
-        return [ClientSpec(name=f"{name}-cam{c + 1}", camera=c, **common) for c in cameras]
-    n = data.num_splits
-    if n > num_ids:
-        raise ConfigError(
-            f"data.num_splits={n} is more than the {num_ids} training identities of {name}"
-        )
-    return [
-        ClientSpec(name=f"{name}-ids{k + 1}of{n}", part=k, num_parts=n, **common) for k in range(n)
-    ]

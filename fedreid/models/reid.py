@@ -151,15 +151,18 @@ def head_state(model: ReIDNet) -> dict[str, torch.Tensor]:
 def load_shared(
     model: ReIDNet, shared: dict[str, torch.Tensor], *, skip_bn_buffers: bool = False
 ) -> None:
-    """Load the shared part into ``model``; exact key match required (else a clear error).
+    """Load the shared part into ``model`` (else a clear error).
 
-    With ``skip_bn_buffers`` the model's own BatchNorm running statistics are kept (the
-    ``bn=local`` policy).
+    Every shared weight must be there; BatchNorm running statistics may be absent (the server
+    does not send them under ``bn_policy=local``, nor the ``num_batches_tracked`` counters):
+    the model keeps its own. With ``skip_bn_buffers`` the model's own statistics are kept
+    even when they are sent. Keys outside the shared part are an error.
     """
-    expected = set(model.shared_keys())
+    allowed = set(model.shared_keys())
+    required = {k for k in allowed if not is_bn_buffer(k)}
     got = set(shared)
-    if got != expected:
-        missing, extra = sorted(expected - got)[:3], sorted(got - expected)[:3]
+    if not required <= got <= allowed:
+        missing, extra = sorted(required - got)[:3], sorted(got - allowed)[:3]
         raise ConfigError(f"shared state mismatch: missing {missing} extra {extra}")
     state = {k: v for k, v in shared.items() if not (skip_bn_buffers and is_bn_buffer(k))}
     model.load_state_dict(state, strict=False)

@@ -1,26 +1,24 @@
-"""Cosine-distance weighting (CDW) math: the client's logit distance and the server's weights."""
+"""Cosine-distance weighting (CDW): the server's weights from the clients' cosine distances.
+
+The client computes its distance with :func:`fedreid.clients.cdw.logit_distance`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
+CDW_METRIC = "cdw_distance"
+"""The reply metric carrying a client's cosine distance (its aggregation weight)."""
+MAX_DISTANCE = 2.0
+"""A cosine distance ``1 - cos`` lies in [0, 2]."""
 
 
-def logit_distance(old: torch.Tensor, new: torch.Tensor) -> float:
-    """``mean(1 - cos(old_i, new_i))`` over the rows (images) of two logit matrices.
-
-    ``old`` = logits of the received global model with the head from before training;
-    ``new`` = logits of the trained model with the trained head, on the same images.
-    """
-    if old.shape != new.shape or old.ndim != 2 or old.shape[0] == 0:
-        raise ValueError(
-            f"logit matrices must be equal non-empty [N, C], got "
-            f"{tuple(old.shape)} and {tuple(new.shape)}"
-        )
-    return float((1.0 - F.cosine_similarity(old.double(), new.double(), dim=1)).mean())
+def valid_distance(d: object) -> bool:
+    """A finite number in [0, 2] (anything else excludes the reply)."""
+    if isinstance(d, bool) or not isinstance(d, (int, float)):
+        return False
+    return math.isfinite(d) and 0.0 <= d <= MAX_DISTANCE
 
 
 def cdw_weights(distances: Sequence[float], eps: float = 1e-12) -> list[float] | None:

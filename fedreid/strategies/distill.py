@@ -53,7 +53,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -62,17 +61,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedreid.config import Config
-from fedreid.models.reid import ReIDNet, is_bn_buffer, load_shared
-from fedreid.training import autocast, plain_loader, resolve_device
-
-if TYPE_CHECKING:
-    from fedreid.strategies.fedpav import FedPav
-    from fedreid.strategies.replies import ClientReply
+from fedreid.models.builder import reid_model
+from fedreid.models.reid import is_bn_buffer, load_shared
+from fedreid.protocol import round_seed
+from fedreid.training import AmpSetting, autocast, plain_loader, resolve_device
 
 log = logging.getLogger("fedreid")
 
 
-# -- pure helpers -------------------------------------------------------------------------------
+# -- pure helpers --------------------------------------------------------------------
 def kd_target(teacher_embeddings: list[torch.Tensor], normalize: bool) -> torch.Tensor:
     """The distillation target: the mean of the teachers' ``[B, D]`` embeddings.
 
@@ -107,7 +104,7 @@ def distill_step(
     target: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     *,
-    amp: bool = False,
+    amp: AmpSetting = "off",
 ) -> float:
     """One SGD step on ``MSE(student.features(images), target)``; returns the loss before it.
 
@@ -164,7 +161,7 @@ def _mse_over(
     targets: torch.Tensor,
     device: torch.device,
     fmt: torch.memory_format,
-    amp: bool,
+    amp: AmpSetting,
 ) -> float:
     """Mean-squared error of the student against the cached targets over a whole loader."""
     total, count = 0.0, 0
@@ -176,48 +173,51 @@ def _mse_over(
     return total / max(1, count)
 
 
+Arrays = dict[str, np.ndarray]
+
+
 def distill_round(
-    strategy: FedPav,
+    cfg: Config,
     server_round: int,
-    student_arrays: dict[str, np.ndarray],
-    teacher_replies: list[ClientReply],
+    student_arrays: Arrays,
+    teachers: list[Arrays],
     *,
     batch_stats: bool | None = None,
-) -> dict[str, np.ndarray]:
+) -> tuple[Arrays, dict[str, float]]:
     """Distil this round's client models into the aggregate on the server's public images.
 
     Args:
-        strategy: the running strategy (its ``cfg`` and ``recorder`` are used).
-        server_round: the current round (seeds the subset/shuffle; metrics go to it).
+        cfg: the run config (``strategy.kd_*``, the model, the public data).
+        server_round: the current round (seeds the subset and the shuffle).
         student_arrays: the aggregated shared state (numpy), BatchNorm buffers included.
-        teacher_replies: this round's valid replies; ``reply.arrays`` are the teachers' shared
-            parts (without BatchNorm buffers under ``bn_policy=local``: then the student's fill
-            the gap, and batch statistics are used anyway).
+        teachers: this round's client models (shared parts; keys they lack, e.g. BatchNorm
+            buffers under ``bn_policy=local``, are filled from the student).
         batch_stats: normalise with batch statistics; None = only under ``bn_policy=local``.
 
     Returns:
-        The distilled student: same keys, shapes and dtypes as ``student_arrays``.
+        ``(distilled arrays, server metrics)``: same keys, shapes and dtypes as
+        ``student_arrays``; the metrics are ``kd_time_s``, ``kd_loss_before``,
+        ``kd_loss_after``, ``kd_images``, ``kd_teachers`` (and ``kd_diverged``).
     """
     # Model building and data loaders draw from torch's global RNG: fork it, so that running
     # KD or not leaves the server's random stream (and a resumed run) the same.
     with torch.random.fork_rng(devices=[]):
-        return _distill(strategy, server_round, student_arrays, teacher_replies, batch_stats)
+        return _distill(cfg, server_round, student_arrays, teachers, batch_stats)
 
 
 def _distill(
-    strategy: FedPav,
+    cfg: Config,
     server_round: int,
-    student_arrays: dict[str, np.ndarray],
-    teacher_replies: list[ClientReply],
+    student_arrays: Arrays,
+    teacher_arrays: list[Arrays],
     batch_stats: bool | None,
-) -> dict[str, np.ndarray]:
+) -> tuple[Arrays, dict[str, float]]:
     """The body of :func:`distill_round` (under a forked RNG)."""
     start = time.perf_counter()
-    cfg = strategy.cfg
     s = cfg.strategy
-    if not teacher_replies:
+    if not teacher_arrays:
         log.warning("round %d: no teachers; distillation skipped", server_round)
-        return student_arrays
+        return student_arrays, {}
     if batch_stats is None:
         batch_stats = s.bn_policy == "local"
     device = resolve_device(cfg.train.device)
@@ -227,24 +227,17 @@ def _distill(
         items = items[:-1]  # BatchNorm cannot normalise a batch of one image
     if not items:
         log.warning("round %d: no public images left; distillation skipped", server_round)
-        return student_arrays
+        return student_arrays, {}
 
     m = cfg.model
-    student = ReIDNet(
-        0,
-        arch=m.arch,
-        pretrained=False,
-        last_stride=m.last_stride,
-        embed_dim=m.embed_dim,
-        dropout=m.dropout,
-    )
+    student = reid_model(m, 0)
     load_shared(student, _to_torch(student_arrays))
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     student = set_kd_mode(student.to(device, memory_format=fmt), batch_stats)
     teachers = []
-    for reply in teacher_replies:
+    for arrays in teacher_arrays:
         teacher = copy.deepcopy(student)
-        load_shared(teacher, _to_torch({**student_arrays, **reply.arrays}))
+        load_shared(teacher, _to_torch({**student_arrays, **arrays}))
         teachers.append(set_kd_mode(teacher, batch_stats))
 
     # One pass: every teacher embeds each batch -> cached targets; the student's loss before.
@@ -274,7 +267,7 @@ def _distill(
         nesterov=True,
         weight_decay=cfg.train.weight_decay,
     )
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + server_round)
+    generator = torch.Generator().manual_seed(round_seed(cfg.seed, server_round))
     shuffled = DataLoader(
         loader.dataset,
         batch_size=s.kd_batch_size,
@@ -306,7 +299,7 @@ def _distill(
         "kd_loss_before": loss_before,
         "kd_loss_after": loss_after,
         "kd_images": float(len(items)),
-        "kd_teachers": float(len(teacher_replies)),
+        "kd_teachers": float(len(teacher_arrays)),
     }
     if not (np.isfinite(loss_after) and all(torch.isfinite(v).all() for v in state.values())):
         log.warning(
@@ -317,8 +310,7 @@ def _distill(
             loss_after,
             s.kd_lr,
         )
-        strategy.recorder.server_metric(server_round, {**metrics, "kd_diverged": 1.0})
-        return student_arrays
+        return student_arrays, {**metrics, "kd_diverged": 1.0}
     out = {}
     for key, ref in student_arrays.items():
         if is_bn_buffer(key):
@@ -328,12 +320,11 @@ def _distill(
     log.info(
         "round %d: distilled %d teachers on %d public images (%d steps) in %.1fs; MSE %.5f -> %.5f",
         server_round,
-        len(teacher_replies),
+        len(teacher_arrays),
         len(items),
         steps,
         elapsed,
         loss_before,
         loss_after,
     )
-    strategy.recorder.server_metric(server_round, metrics)
-    return out
+    return out, metrics

@@ -1,10 +1,12 @@
 """HideNseek: server-side SynFlow pruning, client sign supermasks, 1-bit messages both ways.
 
-The protocol (DESIGN.md section 6; no public code exists, this is our reconstruction):
+The protocol (no public code exists; this is our reconstruction of the paper's description,
+with the wire format in :mod:`fedreid.protocol`):
 
 1. **Once, on the server.** Build the seeded network ``w0`` exactly as every client will
-   (:func:`seeded_model`: ReID = ``fedreid.server_app.initial_model``; classification = Conv4 /
-   ResNet-18 from ``cfg.seed``), prune it with SynFlow (data-free) to ``strategy.density`` at the
+   (the task's ``seeded_model``, :mod:`fedreid.tasks`: ReID = the shared part of
+   :func:`fedreid.models.builder.seeded_reid_model`; classification = Conv4 / ResNet-18 from
+   ``cfg.seed``), prune it with SynFlow (data-free) to ``strategy.density`` at the
    training resolution, and keep the packed pruning mask plus two SHA-256 checksums: one of
    ``w0`` (every tensor but a ReID client's ``classifier``), one of the mask.
    ``strategy.mask_mode=binary`` (the FedMask-style baseline) skips pruning: the mask is all
@@ -36,8 +38,9 @@ Decisions:
   seed, the mask, the signs, and each client's statistics (plus its head, for ReID).
 * The initial global signs are all +1 (all kept, in binary mode): round 1 starts from the
   SynFlow-pruned random network itself.
-* Resume: the checkpoint stores the packed mask and checksums; a resumed run reuses them
-  (no second SynFlow) and re-sends the mask in its first round.
+* The run loop holds the global arrays ``signs`` and ``mask``; the strategy decodes the mask
+  it is given (and checks it against the checksums), so a resumed run takes the mask from the
+  checkpoint (no second SynFlow) and re-sends it in its first round.
 * The final ``global_model.pt`` holds ``signs`` and ``mask`` (packed); with the seed and the
   config they rebuild the global model (:func:`fedreid.clients.hidenseek_client.global_model`).
 """
@@ -49,23 +52,31 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
-from torch import nn
+from flwr.serverapp.strategy import FedAvg
 
 from fedreid.config import Config
 from fedreid.errors import ConfigError, UpdateError
-from fedreid.models.reid import HEAD_PREFIX
 from fedreid.models.supermask import MODES
-from fedreid.models.synflow import prunable_layers, synflow_masks
-from fedreid.results import RunRecorder
-from fedreid.strategies.base import ReIDStrategy, to_record
-from fedreid.strategies.replies import ClientReply
+from fedreid.models.synflow import synflow_masks
+from fedreid.protocol import (
+    BITS_KEY,
+    MASK,
+    MASK_KEY,
+    NUM_EXAMPLES,
+    SIGNS,
+    UPLOAD_KEY,
+    W0_KEY,
+    Upload,
+    frozen_state,
+    mask_layout,
+)
+from fedreid.strategies.report import Reporting
+from fedreid.tasks import get_task
 from fedreid.utils.bitpack import (
     Layout,
     checksum,
@@ -76,65 +87,6 @@ from fedreid.utils.bitpack import (
 )
 
 log = logging.getLogger("fedreid")
-
-SIGNS = "signs"
-"""Array key of the packed sign bits (both directions)."""
-MASK = "mask"
-"""Array key of the packed pruning mask (downlink, once per node)."""
-W0_KEY = "hidenseek-w0-sha256"
-"""Config key: checksum of the seeded initial weights the client must rebuild."""
-MASK_KEY = "hidenseek-mask-sha256"
-"""Config key: checksum of the unpacked pruning mask."""
-BITS_KEY = "hidenseek-bits"
-"""Config key: number of surviving weights (= bits per sign message)."""
-
-
-# -- the model both ends build ------------------------------------------------------------------
-def seeded_model(cfg: Config, num_classes: int = 0) -> nn.Module:
-    """The network ``w0`` that the server prunes and every client rebuilds from ``cfg.seed``.
-
-    Args:
-        cfg: the run config.
-        num_classes: ReID only: add a client head for this many identities; it is created
-            after the seeded shared part, so the shared weights do not depend on it.
-    """
-    if cfg.task == "classification":
-        from fedreid.clients.classification_client import classification_model
-
-        return classification_model(cfg)
-    from fedreid.server_app import initial_model
-
-    model = initial_model(cfg)
-    if num_classes > 0:
-        model.set_head(num_classes)
-    return model
-
-
-def input_shape(cfg: Config) -> tuple[int, int, int]:
-    """One training sample's shape: SynFlow scores at the training resolution."""
-    if cfg.task == "classification":
-        from fedreid.data.classification import dataset_info
-
-        info = dataset_info(cfg.classification.dataset)
-        return info.channels, info.image_size, info.image_size
-    return 3, cfg.data.height, cfg.data.width
-
-
-def frozen_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What the w0 checksum covers: every tensor except a ReID client's own head."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIX)}
-
-
-def mask_layout(model: nn.Module) -> Layout:
-    """``[("<layer>.weight", weight shape)]`` of the maskable layers, in model order."""
-    return [
-        (f"{name}.weight", tuple(mod.weight.shape)) for name, mod in prunable_layers(model).items()
-    ]
-
-
-def signs_layout(masks: dict[str, torch.Tensor], order: Sequence[str]) -> Layout:
-    """Layout of a sign message: one flat run of ``mask.sum()`` bits per layer, in ``order``."""
-    return [(name, (int(masks[name].sum()),)) for name in order]
 
 
 @dataclass
@@ -164,7 +116,8 @@ class Pruning:
 def prune(cfg: Config) -> Pruning:
     """Build ``w0`` from the seed and prune it once (all-ones mask for ``mask_mode=binary``)."""
     s = cfg.strategy
-    model = seeded_model(cfg)
+    task = get_task(cfg)
+    model = task.seeded_model(cfg)
     layout = mask_layout(model)
     start = time.perf_counter()
     if s.mask_mode == "binary":
@@ -172,7 +125,7 @@ def prune(cfg: Config) -> Pruning:
     else:
         masks = synflow_masks(
             model,
-            input_shape(cfg),
+            task.input_shape(cfg),
             s.density,
             s.synflow_iterations,
             min_per_layer=s.synflow_min_per_layer,
@@ -190,7 +143,7 @@ def prune(cfg: Config) -> Pruning:
     )
 
 
-# -- aggregation ---------------------------------------------------------------------------------
+# -- aggregation --------------------------------------------------------------------
 def weighted_vote(
     bits: Sequence[np.ndarray], weights: Sequence[float], previous: np.ndarray
 ) -> tuple[np.ndarray, dict[str, float], list[float]]:
@@ -240,134 +193,121 @@ def weighted_vote(
     return new, metrics, per_client
 
 
-# -- the strategy ------------------------------------------------------------------------------
-class HideNseek(ReIDStrategy):
+def initial_arrays(cfg: Config) -> tuple[ArrayRecord, dict[str, float]]:
+    """Prune once; the global arrays are the all-+1 signs and the packed mask.
+
+    Returns ``(arrays, server metrics of the first round)``.
+    """
+    p = prune(cfg)
+    log.info(
+        "HideNseek (%s): %d of %d maskable weights survive (density %.4f), SynFlow %.1fs; "
+        "sign message %d bytes, mask %d bytes",
+        cfg.strategy.mask_mode,
+        p.n_surviving,
+        p.n_maskable,
+        p.n_surviving / max(p.n_maskable, 1),
+        p.seconds,
+        math.ceil(p.n_surviving / 8),
+        p.packed_mask.size,
+    )
+    arrays = ArrayRecord(
+        {
+            SIGNS: Array(pack_bits(np.ones(p.n_surviving, dtype=bool))),
+            MASK: Array(np.ascontiguousarray(p.packed_mask)),
+        }
+    )
+    return arrays, {"synflow_s": p.seconds, "mask_bytes": float(p.packed_mask.size)}
+
+
+# -- the strategy --------------------------------------------------------------------
+class HideNseek(Reporting, FedAvg):
     """The HideNseek server (see the module docstring for the protocol and its decisions).
 
+    The global arrays (held by the run loop) are ``signs`` and ``mask``; the strategy derives
+    the layout and checksums from the mask it is given, so it keeps no copy of the model.
+
     Args:
-        cfg: the run config (``strategy.density``, ``synflow_iterations``,
-            ``synflow_min_per_layer``, ``mask_mode``; ``bn_policy`` must be ``local``).
-        recorder: where per-round metrics go.
-        num_clients: clients expected every round.
+        w0: the seeded network every client rebuilds (its checksum and maskable layout).
+        mask_mode: ``sign`` (HideNseek) or ``binary`` (the FedMask-style baseline).
+        bn_policy: must be ``local``: 1-bit messages cannot carry BatchNorm statistics.
+        **flower_kwargs: FedAvg's sampling settings.
     """
 
-    def __init__(self, cfg: Config, recorder: RunRecorder, num_clients: int) -> None:
-        super().__init__(cfg, recorder, num_clients)
-        s = cfg.strategy
-        if s.mask_mode not in MODES:
-            raise ConfigError(f"strategy.mask_mode={s.mask_mode!r} must be one of {MODES}")
-        if s.bn_policy != "local":
+    def __init__(
+        self,
+        *,
+        w0: torch.nn.Module,
+        mask_mode: str = "sign",
+        bn_policy: str = "local",
+        **flower_kwargs,
+    ) -> None:
+        if mask_mode not in MODES:
+            raise ConfigError(f"strategy.mask_mode={mask_mode!r} must be one of {MODES}")
+        if bn_policy != "local":
             raise ConfigError(
                 "strategy=hidenseek sends only mask bits, so BatchNorm statistics cannot be "
                 "averaged: use strategy.bn_policy=local"
             )
-        if s.score_lr <= 0:
-            raise ConfigError(f"strategy.score_lr must be > 0, got {s.score_lr}")
-        self.pruning: Pruning | None = None
+        super().__init__(**flower_kwargs)
+        self.mask_mode = mask_mode
+        self.layout = mask_layout(w0)
+        self.w0_checksum = checksum(frozen_state(w0))
+        self._pruning: Pruning | None = None
         self._has_mask: set[int] = set()
+        self._signs: np.ndarray | None = None
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def initial_arrays(self) -> ArrayRecord:
-        """Prune once (or take the mask from the checkpoint on resume); all-+1 initial signs."""
-        self.pruning = self._pruning_from_checkpoint() or prune(self.cfg)
-        p = self.pruning
-        log.info(
-            "HideNseek (%s): %d of %d maskable weights survive (density %.4f), SynFlow %.1fs; "
-            "sign message %d bytes, mask %d bytes",
-            self.cfg.strategy.mask_mode,
-            p.n_surviving,
-            p.n_maskable,
-            p.n_surviving / max(p.n_maskable, 1),
-            p.seconds,
-            math.ceil(p.n_surviving / 8),
-            p.packed_mask.size,
-        )
-        return to_record({SIGNS: pack_bits(np.ones(p.n_surviving, dtype=bool))})
+    def summary(self) -> None:
+        log.info("HideNseek: mask_mode=%s, %d maskable layers", self.mask_mode, len(self.layout))
+        super().summary()
 
-    def _pruning_from_checkpoint(self) -> Pruning | None:
-        if not (self.cfg.resume and self.checkpoint_path.is_file()):
-            return None
-        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        state = ckpt.get("strategy", {})
-        if MASK not in state:
-            return None
-        model = seeded_model(self.cfg)
-        self.pruning = None
-        self._restore(state, model)
-        return self.pruning
-
-    def _restore(self, state: dict[str, Any], model: nn.Module | None = None) -> None:
-        """Rebuild :attr:`pruning` from a checkpoint's strategy state."""
-        layout = [(str(n), tuple(int(d) for d in shape)) for n, shape in state["layout"]]
-        packed = state[MASK].numpy() if isinstance(state[MASK], torch.Tensor) else state[MASK]
-        masks = unpack_tensors(np.asarray(packed, dtype=np.uint8), layout)
-        if checksum(masks) != state["mask_checksum"]:
-            raise ConfigError("the checkpoint's pruning mask is corrupt (checksum mismatch)")
-        w0 = state["w0_checksum"]
-        if model is not None and checksum(frozen_state(model)) != w0:
-            raise ConfigError(
-                "the checkpoint was made with other initial weights (seed, model or torch "
-                "version changed); start a new run"
-            )
-        self.pruning = Pruning(
+    # -- protocol state from the arrays --------------------------------------------------------
+    def pruning(self, arrays: ArrayRecord) -> Pruning:
+        """The pruning the mask in ``arrays`` describes (decoded once, checked every time)."""
+        packed = np.asarray(arrays[MASK].numpy(), dtype=np.uint8)
+        p = self._pruning
+        if p is not None and np.array_equal(p.packed_mask, packed):
+            return p
+        masks = unpack_tensors(packed, self.layout)
+        self._pruning = Pruning(
             masks=masks,
-            layout=layout,
-            packed_mask=np.asarray(packed, dtype=np.uint8),
-            w0_checksum=w0,
-            mask_checksum=state["mask_checksum"],
+            layout=self.layout,
+            packed_mask=packed.copy(),
+            w0_checksum=self.w0_checksum,
+            mask_checksum=checksum(masks),
         )
+        return self._pruning
 
-    def _require_pruning(self) -> Pruning:
-        if self.pruning is None:
-            raise RuntimeError("HideNseek.initial_arrays() must run before the first round")
-        return self.pruning
+    def _protocol(self, config: ConfigRecord, p: Pruning) -> ConfigRecord:
+        config[W0_KEY] = p.w0_checksum
+        config[MASK_KEY] = p.mask_checksum
+        config[BITS_KEY] = p.n_surviving
+        config[UPLOAD_KEY] = str(Upload.SIGNS)
+        return config
 
-    # -- checkpoint hooks -----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        p = self._require_pruning()
-        return {
-            MASK: torch.from_numpy(p.packed_mask.copy()),
-            "layout": [(n, list(shape)) for n, shape in p.layout],
-            "w0_checksum": p.w0_checksum,
-            "mask_checksum": p.mask_checksum,
-            "mask_mode": self.cfg.strategy.mask_mode,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if MASK not in state:
-            raise ConfigError("the checkpoint holds no HideNseek mask (made by another strategy?)")
-        if self.pruning is not None and self.pruning.mask_checksum == state["mask_checksum"]:
-            return
-        self._restore(state, seeded_model(self.cfg))
+    def expected_reply(self, sent: ArrayRecord) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """A training reply carries the packed signs only (never the mask)."""
+        signs = sent[SIGNS].numpy()
+        return {SIGNS: (tuple(signs.shape), signs.dtype)}
 
     # -- messages -------------------------------------------------------------------------------
-    def protocol_config(self) -> dict[str, Any]:
-        """Config values every HideNseek message carries (checksums and bit count)."""
-        p = self._require_pruning()
-        return {W0_KEY: p.w0_checksum, MASK_KEY: p.mask_checksum, BITS_KEY: p.n_surviving}
-
-    def extra_train_config(self, server_round: int) -> dict[str, Any]:
-        return self.protocol_config()
-
-    def downlink(self, server_round: int) -> ArrayRecord:
-        """The global signs only; :meth:`_attach_mask` adds the mask where it is needed."""
-        return to_record({SIGNS: self.global_arrays[SIGNS]})
-
-    def _with_mask(self) -> ArrayRecord:
-        return to_record(
-            {SIGNS: self.global_arrays[SIGNS], MASK: self._require_pruning().packed_mask}
-        )
-
-    def _attach_mask(self, messages: list[Message], train: bool) -> list[Message]:
-        """Replace the messages to nodes that may lack the mask with copies that carry it."""
+    def _messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, train: bool
+    ) -> list[Message]:
+        p = self.pruning(arrays)
+        config = self._protocol(config, p)
+        signs_only = ArrayRecord({SIGNS: arrays[SIGNS]})
+        if train:
+            self._signs = np.asarray(arrays[SIGNS].numpy(), dtype=np.uint8)
+            messages = super().configure_train(server_round, signs_only, config, grid)
+        else:
+            messages = super().configure_evaluate(server_round, signs_only, config, grid)
         out: list[Message] = []
-        with_mask: ArrayRecord | None = None
+        with_mask = ArrayRecord({SIGNS: arrays[SIGNS], MASK: arrays[MASK]})
         for msg in messages:
             node = msg.metadata.dst_node_id
             if node in self._has_mask:
                 out.append(msg)
                 continue
-            with_mask = with_mask or self._with_mask()
             content = RecordDict(
                 {
                     self.arrayrecord_key: with_mask,
@@ -377,28 +317,23 @@ class HideNseek(ReIDStrategy):
             out.append(
                 Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type)
             )
-            if train:
-                self._bytes_down[node] = int(with_mask.count_bytes())
         return out
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        return self._attach_mask(messages, train=True)
+        return self._messages(server_round, arrays, config, grid, train=True)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        for k, v in self.protocol_config().items():
-            config[k] = v
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        return self._attach_mask(messages, train=False)
+        return self._messages(server_round, arrays, config, grid, train=False)
 
     # -- aggregation ----------------------------------------------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Weighted sign vote over the replies whose packed bits decode."""
         replies = list(replies)
         for msg in replies:  # an error reply may come from a node that lost its mask
             node = msg.metadata.src_node_id
@@ -406,46 +341,32 @@ class HideNseek(ReIDStrategy):
                 self._has_mask.discard(node)
             else:
                 self._has_mask.add(node)
-        return super().aggregate_train(server_round, replies)
-
-    def _exclude(self, server_round: int, reason: str) -> None:
-        log.warning("round %d: excluded reply: %s", server_round, reason)
-        server = self.recorder._round(server_round)["server"]
-        self.recorder.server_metric(server_round, {"excluded": 1 + server.get("excluded", 0)})
-
-    def aggregate_replies(
-        self, server_round: int, replies: list[ClientReply]
-    ) -> dict[str, np.ndarray] | None:
-        """Weighted sign vote over the replies whose packed bits decode."""
-        n = self._require_pruning().n_surviving
-        previous = unpack_bits(self.global_arrays[SIGNS], n)
-        kept: list[ClientReply] = []
+        p = self._pruning
+        if p is None or self._signs is None:
+            raise RuntimeError("HideNseek.configure_train must run before aggregate_train")
+        n = p.n_surviving
+        previous = unpack_bits(self._signs, n)
+        kept: list[Message] = []
         bits: list[np.ndarray] = []
-        for r in replies:
+        for msg in replies:
+            if msg.has_error():
+                continue
             try:
-                bits.append(unpack_bits(r.arrays[SIGNS], n))
-                kept.append(r)
-            except UpdateError as err:
-                self._exclude(server_round, f"{r.name}: {err}")
-        if len(kept) < self.cfg.strategy.min_replies:
-            log.warning("round %d: too few decodable replies; global signs kept", server_round)
-            return None
-        weights = [float(r.num_examples) for r in kept]
+                record = msg.content[self.arrayrecord_key]
+                bits.append(unpack_bits(np.asarray(record[SIGNS].numpy()), n))
+                kept.append(msg)
+            except (UpdateError, KeyError, ValueError) as err:
+                node = msg.metadata.src_node_id
+                log.warning("round %d: excluded node %d: %s", server_round, node, err)
+                self.note_excluded(node, str(err))
+        if not kept:
+            return None, None
+        weights = [float(_metrics(m)[NUM_EXAMPLES]) for m in kept]
         new, metrics, per_client = weighted_vote(bits, weights, previous)
-        self.recorder.server_metric(server_round, metrics)
-        if server_round == self._first_round and self.pruning is not None:
-            self.recorder.server_metric(
-                server_round,
-                {
-                    "synflow_s": self.pruning.seconds,
-                    "mask_bytes": float(self.pruning.packed_mask.size),
-                },
-            )
+        self.note_server(**metrics)
         total = sum(weights)
-        for r, w, agree in zip(kept, weights, per_client, strict=True):
-            self.recorder.client(
-                server_round, r.name, {"agg_weight": w / total, "sign_agreement": agree}
-            )
+        for msg, w, agree in zip(kept, weights, per_client, strict=True):
+            self.note_client(msg.metadata.src_node_id, agg_weight=w / total, sign_agreement=agree)
         log.info(
             "round %d: sign vote of %d clients: agreement %.3f, flipped %.4f",
             server_round,
@@ -453,13 +374,10 @@ class HideNseek(ReIDStrategy):
             metrics["agreement"],
             metrics["flipped"],
         )
-        return {SIGNS: pack_bits(new)}
+        arrays = ArrayRecord({SIGNS: Array(pack_bits(new)), MASK: Array(p.packed_mask.copy())})
+        train_metrics = self.train_metrics_aggr_fn([m.content for m in kept], NUM_EXAMPLES)
+        return arrays, train_metrics
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """Flower's round loop (the base's); the final arrays carry the mask as well."""
-        if self.pruning is None:  # started without initial_arrays(): prune now
-            self.pruning = prune(self.cfg)
-        self._has_mask = set()
-        result = super().start(grid, initial_arrays, *args, **kwargs)
-        result.arrays = self._with_mask()
-        return result
+
+def _metrics(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))

@@ -1,0 +1,486 @@
+"""The run loop: drives any Flower ``Strategy`` through its public methods, round by round.
+
+Flower's ``Strategy.start`` runs rounds and nothing else. :class:`RunLoop` calls the same
+public methods (``configure_train`` -> push/pull -> ``aggregate_train`` ->
+``configure_evaluate`` -> push/pull -> ``aggregate_evaluate`` -> ``evaluate_fn``) and adds
+what a ReID benchmark needs around them:
+
+* the model state lives here, not in the strategy: the global arrays are handed to the
+  strategy as ``arrays`` every round, and its (possibly partial) aggregate is merged back;
+* every reply is checked before the strategy sees it (:mod:`fedreid.strategies.replies`), so
+  one malformed update is excluded with a logged reason instead of breaking Flower's checks;
+* per-client recording (metrics, bytes each way, the strategy's :class:`RoundReport`);
+* evaluation every ``eval_every`` rounds (and at the last), progress lines with ETA, phase
+  timings, waits bounded by ``round_timeout_s``;
+* an atomic checkpoint after every round (the arrays, the strategy's optimiser/clipping state,
+  the RNG states and the results so far), loaded with ``weights_only=True``, so a run resumes
+  at round k exactly, whatever strategy or Flower wrapper it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedreid.errors import ConfigError, UpdateError
+from fedreid.protocol import CONFIG_KEY, EVAL_LOCAL_KEY, NUM_EXAMPLES
+from fedreid.results import RunRecorder, atomic_torch_save
+from fedreid.strategies.replies import ClientReply, parse_reply
+from fedreid.strategies.report import collect_report, find_hook, layers
+
+log = logging.getLogger("fedreid")
+
+Arrays = dict[str, np.ndarray]
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+"""Flower's server-side ``evaluate_fn(server_round, arrays)``."""
+
+STATE_ATTRS = ("current_arrays", "m_t", "v_t", "momentum_vector", "clipping_norm")
+"""Attributes of Flower's strategies and wrappers that carry state from round to round
+(FedOpt's moments, FedAvgM's momentum, adaptive DP's clipping norm): checkpointed."""
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def to_numpy(record: ArrayRecord) -> Arrays:
+    """An ArrayRecord as ``{key: ndarray}``, keys in record order."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_record(arrays: Arrays) -> ArrayRecord:
+    """``{key: ndarray}`` as an ArrayRecord (keys and order kept)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def merge(global_arrays: Arrays, update: Arrays) -> Arrays:
+    """The global arrays with ``update``'s keys replaced, cast to the global dtypes.
+
+    Raises:
+        UpdateError: an unknown key, a changed shape or a non-finite value.
+    """
+    out = dict(global_arrays)
+    for key, value in update.items():
+        if key not in global_arrays:
+            raise UpdateError(f"the aggregate holds unknown key {key!r}")
+        ref = global_arrays[key]
+        value = np.asarray(value)
+        if value.shape != ref.shape:
+            raise UpdateError(f"the aggregate's {key} has shape {value.shape}, not {ref.shape}")
+        if np.issubdtype(ref.dtype, np.integer) and not np.issubdtype(value.dtype, np.integer):
+            value = np.rint(value)
+        cast = value.astype(ref.dtype, copy=False)
+        if cast.dtype.kind == "f" and not np.all(np.isfinite(cast)):
+            raise UpdateError(f"the aggregate's {key} is not finite")
+        out[key] = cast
+    return out
+
+
+# -- checkpointable strategy state ---------------------------------------------------------------
+def _pack(value: Any) -> Any:
+    """Strategy state as tensors, dicts, lists and numbers (loadable with weights_only=True)."""
+    if isinstance(value, ArrayRecord):
+        return {
+            "__arrayrecord__": {k: torch.from_numpy(v.numpy().copy()) for k, v in value.items()}
+        }
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, dict):
+        return {k: _pack(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v) for v in value]
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, dict) and "__arrayrecord__" in value:
+        return to_record({k: v.numpy() for k, v in value["__arrayrecord__"].items()})
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _unpack(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v) for v in value]
+    return value
+
+
+def strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
+    """The round-to-round state of every layer of a (wrapped) strategy."""
+    return [
+        {a: _pack(getattr(layer, a)) for a in STATE_ATTRS if hasattr(layer, a)}
+        for layer in layers(strategy)
+    ]
+
+
+def load_strategy_state(strategy: Strategy, state: list[dict[str, Any]]) -> None:
+    """Inverse of :func:`strategy_state` (the same composition must be rebuilt first)."""
+    chain = list(layers(strategy))
+    if len(chain) != len(state):
+        raise ConfigError("the checkpoint was made by another strategy composition")
+    for layer, attrs in zip(chain, state, strict=True):
+        for name, value in attrs.items():
+            setattr(layer, name, _unpack(value))
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.array(keys)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+
+
+# -- the loop --------------------------------------------------------------------
+@dataclass
+class LoopSettings:
+    """How the loop runs (from the config's top level)."""
+
+    num_rounds: int
+    eval_every: int = 1
+    round_timeout_s: float = 3600.0
+    min_replies: int = 1
+    resume: bool = False
+    config_json: str = ""  # the run config shipped to clients (CONFIG_KEY); "" = none
+
+
+class RunLoop:
+    """Runs ``strategy`` for ``settings.num_rounds`` rounds on ``grid``.
+
+    Args:
+        strategy: any Flower strategy (ours, Flower's, or a wrapper such as DP).
+        grid: Flower's Grid (simulation or deployment).
+        recorder: where per-client metrics, results.json and checkpoints go.
+        settings: rounds, evaluation cadence, timeouts, resume.
+        evaluate_fn: Flower-style server-side evaluation, called after every round.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        grid: Grid,
+        recorder: RunRecorder,
+        settings: LoopSettings,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.grid = grid
+        self.recorder = recorder
+        self.settings = settings
+        self.evaluate_fn = evaluate_fn
+        self.arrays: Arrays = {}
+        self.checkpoint_path: Path = recorder.output_dir / "checkpoint.pt"
+        self._names: dict[int, str] = {}
+        self._first_round = 1
+        self._elapsed_at_start = 0.0
+
+    # -- public --------------------------------------------------------------------------------
+    def run(self, initial: Callable[[], tuple[ArrayRecord, dict[str, float]]]) -> ArrayRecord:
+        """Run (or resume) every round; returns the final global arrays.
+
+        Args:
+            initial: builds the initial arrays and first-round server metrics; not called
+                when resuming from a checkpoint.
+        """
+        first = 1
+        if self.settings.resume and self.checkpoint_path.is_file():
+            first = self.load_checkpoint(self.checkpoint_path) + 1
+            log.info("resuming after round %d from %s", first - 1, self.checkpoint_path)
+        else:
+            record, metrics = initial()
+            self.arrays = to_numpy(record)
+            if metrics:
+                self.recorder.server_metric(1, metrics)
+        self._first_round = first
+        self._elapsed_at_start = self.recorder.elapsed()
+        log.info("%s: rounds %d..%d", type(self.strategy).__name__, first, self.settings.num_rounds)
+        self.strategy.summary()
+        for rnd in range(first, self.settings.num_rounds + 1):
+            self.round(rnd)
+            self.recorder.end_round(rnd)
+            self.save_checkpoint(rnd)
+        return to_record(self.arrays)
+
+    def is_eval_round(self, server_round: int) -> bool:
+        s = self.settings
+        return server_round % s.eval_every == 0 or server_round == s.num_rounds
+
+    # -- one round -----------------------------------------------------------------------------
+    def _config(self, server_round: int, train: bool) -> ConfigRecord:
+        config = ConfigRecord()
+        if self.settings.config_json:
+            config[CONFIG_KEY] = self.settings.config_json
+        if train:
+            config[EVAL_LOCAL_KEY] = self.is_eval_round(server_round)
+        return config
+
+    def handed(self) -> ArrayRecord:
+        """The global arrays the strategy is given: the part that travels, when the strategy
+        says (FedPav's ``exchanged``), so wrappers such as Flower's DP clipping see exactly
+        what the clients receive and return."""
+        record = to_record(self.arrays)
+        hook = find_hook(self.strategy, "exchanged")
+        return hook(record) if hook is not None else record
+
+    def round(self, rnd: int) -> None:
+        """Train, aggregate, merge, record; then evaluate if it is an evaluation round."""
+        t0 = time.perf_counter()
+        messages = list(
+            self.strategy.configure_train(rnd, self.handed(), self._config(rnd, True), self.grid)
+        )
+        sent = {m.metadata.dst_node_id: m for m in messages}
+        replies = self._exchange(messages, rnd, "train")
+        t1 = time.perf_counter()
+        valid = self._validate(rnd, replies, sent, train=True)
+        for r in valid:
+            down = sent.get(r.node_id)
+            self.recorder.client(
+                rnd,
+                r.name,
+                {
+                    **{k: v for k, v in r.metrics.items() if k != NUM_EXAMPLES},
+                    "num_examples": r.num_examples,
+                    "bytes_up": r.bytes_up,
+                    "bytes_down": _payload_bytes(down) if down is not None else 0,
+                },
+            )
+        self._aggregate(rnd, valid)
+        t2 = time.perf_counter()
+        self._evaluate(rnd)
+        self.recorder.server_metric(
+            rnd,
+            {
+                "train_phase_s": t1 - t0,
+                "aggregate_s": t2 - t1,
+                "evaluate_phase_s": time.perf_counter() - t2,
+            },
+        )
+
+    def _aggregate(self, rnd: int, valid: list[ClientReply]) -> None:
+        if len(valid) < self.settings.min_replies:
+            log.warning(
+                "round %d: %d valid replies < strategy.min_replies=%d; round skipped, "
+                "global model kept",
+                rnd,
+                len(valid),
+                self.settings.min_replies,
+            )
+            self.recorder.server_metric(rnd, {"skipped": 1})
+            return
+        try:
+            new, _metrics = self.strategy.aggregate_train(
+                rnd, _consistent([r.message for r in valid if r.message is not None])
+            )
+            self._record_report(rnd)
+            if new is None:
+                log.warning("round %d: the strategy produced no aggregate; model kept", rnd)
+                self.recorder.server_metric(rnd, {"skipped": 1})
+                return
+            self.arrays = merge(self.arrays, to_numpy(new))
+        except Exception as err:  # an aggregate we cannot use must not end or corrupt the run
+            log.warning("round %d: aggregation failed (%s); global model kept", rnd, err)
+            self._record_report(rnd)
+            self.recorder.server_metric(rnd, {"skipped": 1, "aggregation_failed": 1})
+
+    def _record_report(self, rnd: int) -> None:
+        report = collect_report(self.strategy)
+        for node, metrics in report.clients.items():
+            if node in self._names:
+                self.recorder.client(rnd, self._names[node], metrics)
+        if report.server:
+            self.recorder.server_metric(rnd, report.server)
+        for node, reason in report.excluded.items():
+            self._count_excluded(rnd)
+            log.warning(
+                "round %d: %s excluded by the strategy: %s",
+                rnd,
+                self._names.get(node, node),
+                reason,
+            )
+
+    def _evaluate(self, rnd: int) -> None:
+        if self.is_eval_round(rnd):
+            messages = list(
+                self.strategy.configure_evaluate(
+                    rnd, self.handed(), self._config(rnd, False), self.grid
+                )
+            )
+            replies = self._exchange(messages, rnd, "evaluate")
+            valid = self._validate(rnd, replies, {}, train=False)
+            for r in valid:
+                self.recorder.client(
+                    rnd, r.name, {k: v for k, v in r.metrics.items() if k != NUM_EXAMPLES}
+                )
+            if valid:
+                self._log_evaluation(rnd, valid)
+                try:
+                    self.strategy.aggregate_evaluate(
+                        rnd, _consistent([r.message for r in valid if r.message is not None])
+                    )
+                except Exception as err:
+                    log.warning("round %d: aggregate_evaluate failed: %s", rnd, err)
+        if self.evaluate_fn is not None:
+            result = self.evaluate_fn(rnd, to_record(self.arrays))
+            if result is not None:
+                self.recorder.server_metric(
+                    rnd, {f"server_{k}": float(v) for k, v in result.items()}
+                )
+
+    def _log_evaluation(self, rnd: int, valid: list[ClientReply]) -> None:
+        """Mean over clients (unweighted), as the README's tables report it."""
+        keys = ("accuracy",) if "accuracy" in valid[0].metrics else ("rank1", "mAP")
+        means = {k: float(np.mean([r.metrics.get(k, np.nan) for r in valid])) for k in keys}
+        text = " ".join(f"{k} {100 * v:.1f}%" for k, v in means.items())
+        log.info("round %d: mean over %d clients: %s", rnd, len(valid), text)
+
+    # -- replies -------------------------------------------------------------------------------
+    def _validate(
+        self, rnd: int, replies: list[Message], sent: dict[int, Message], train: bool
+    ) -> list[ClientReply]:
+        expected_hook = find_hook(self.strategy, "expected_reply")
+        valid: list[ClientReply] = []
+        for msg in replies:
+            expected = None
+            if train:
+                out = sent.get(msg.metadata.src_node_id)
+                record = _array_record(out) if out is not None else ArrayRecord()
+                expected = (
+                    expected_hook(record)
+                    if expected_hook is not None
+                    else {k: (tuple(v.shape), v.dtype) for k, v in to_numpy(record).items()}
+                )
+            try:
+                reply = parse_reply(msg, expected)
+            except UpdateError as err:
+                log.warning("round %d: excluded reply: %s", rnd, err)
+                self._count_excluded(rnd)
+                continue
+            self._names[reply.node_id] = reply.name
+            valid.append(reply)
+        return valid
+
+    def _count_excluded(self, rnd: int) -> None:
+        server = self.recorder._round(rnd)["server"]
+        self.recorder.server_metric(rnd, {"excluded": 1 + server.get("excluded", 0)})
+
+    def _exchange(self, messages: list[Message], rnd: int, phase: str) -> list[Message]:
+        """Push messages, then pull replies as they come, logging progress and ETA."""
+        if not messages:
+            return []
+        timeout = self.settings.round_timeout_s
+        ids = [i for i in self.grid.push_messages(messages) if i]
+        pending, replies = set(ids), []
+        start = time.time()
+        while pending and time.time() - start < timeout:
+            got = list(self.grid.pull_messages(list(pending)))
+            for msg in got:
+                pending.discard(msg.metadata.reply_to_message_id)
+                replies.append(msg)
+            if got:
+                self._progress(rnd, phase, len(replies), len(ids))
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            log.warning(
+                "round %d %s: %d client(s) timed out after %.0fs", rnd, phase, len(pending), timeout
+            )
+            self.recorder.server_metric(rnd, {f"{phase}_timeouts": len(pending)})
+        return replies
+
+    def _progress(self, rnd: int, phase: str, done: int, total: int) -> None:
+        elapsed = self.recorder.elapsed()
+        span = elapsed - self._elapsed_at_start
+        completed = rnd - self._first_round + done / max(1, total)
+        remaining = self.settings.num_rounds - self._first_round + 1 - completed
+        eta = span / completed * remaining if completed > 0 else 0.0
+        log.info(
+            "round %d/%d %s: %d/%d clients done | elapsed %s | ETA %s",
+            rnd,
+            self.settings.num_rounds,
+            phase,
+            done,
+            total,
+            _fmt(elapsed),
+            _fmt(eta),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, server_round: int) -> None:
+        """Atomically save everything needed to continue after ``server_round``."""
+        atomic_torch_save(
+            {
+                "round": server_round,
+                "arrays": {k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()},
+                "strategy": strategy_state(self.strategy),
+                "rng": _rng_state(),
+                "results": self.recorder.payload("running"),
+            },
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self, path: Path) -> int:
+        """Restore from ``path`` (no code runs from it); returns the last completed round."""
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            self.arrays = {k: v.numpy() for k, v in ckpt["arrays"].items()}
+            load_strategy_state(self.strategy, ckpt["strategy"])
+            _set_rng_state(ckpt["rng"])
+            self.recorder.load(ckpt["results"])
+            return int(ckpt["round"])
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"cannot resume from {path}: {str(err).splitlines()[0]}") from err
+
+
+def _array_record(msg: Message) -> ArrayRecord:
+    records = list(msg.content.array_records.values())
+    return records[0] if records else ArrayRecord()
+
+
+def _payload_bytes(msg: Message) -> int:
+    return sum(int(r.count_bytes()) for r in msg.content.array_records.values())
+
+
+def _consistent(messages: Iterable[Message]) -> list[Message]:
+    """Replies whose MetricRecords hold only the metric keys all of them share.
+
+    Flower's strategies require identical metric keys across replies; a key only some clients
+    report (e.g. a fault's extra metric) is dropped here, not fatal there.
+    """
+    messages = list(messages)
+    if len(messages) < 2:
+        return messages
+    keysets = [set(_metric_record(m)) for m in messages]
+    common = set.intersection(*keysets)
+    for msg, keys in zip(messages, keysets, strict=True):
+        if keys != common:
+            name, record = next(iter(msg.content.metric_records.items()))
+            msg.content.metric_records[name] = MetricRecord(
+                {k: v for k, v in record.items() if k in common}
+            )
+    return messages
+
+
+def _metric_record(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))

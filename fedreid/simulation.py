@@ -1,0 +1,50 @@
+"""Run a composed config on Flower's simulation engine (what ``run_simulation.py`` calls).
+
+Everything that can be wrong with the data or the config fails here, before Ray starts, with
+one :class:`~fedreid.errors.FedReIDError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fedreid.config import Config
+from fedreid.errors import FedReIDError
+from fedreid.strategies.registry import check_composition
+from fedreid.tasks import get_task
+
+
+def prepare(cfg: Config) -> int:
+    """Fail fast before Flower starts: make/check the data, count the clients, check the
+    strategy composition; returns the number of clients."""
+    num_clients = get_task(cfg).prepare(cfg)
+    check_composition(cfg, num_clients)
+    return num_clients
+
+
+def simulate(cfg: Config) -> str:
+    """Run the configured job in-process on Flower's simulation engine; returns the run folder."""
+    num_clients = prepare(cfg)  # before the heavy imports: bad data fails fast
+    from flwr.simulation import run_simulation
+
+    from fedreid.client_app import app as client_app
+    from fedreid.server_app import make_server_app, prepare_output_dir
+
+    prepare_output_dir(cfg)  # fails before Flower starts if it would overwrite a run
+    cfg.overwrite = True  # the folder is ours now (run_server checks again)
+    backend = {
+        "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus},
+        "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False},
+    }
+    run_simulation(
+        server_app=make_server_app(cfg),
+        client_app=client_app,
+        num_supernodes=num_clients,
+        backend_config=backend,
+    )
+    results = Path(cfg.output_dir) / "results.json"
+    if not results.exists() or json.loads(results.read_text()).get("status") != "finished":
+        raise FedReIDError(f"the simulation did not finish; see the log above ({results})")
+    return cfg.output_dir
