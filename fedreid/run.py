@@ -162,6 +162,7 @@ class LoopSettings:
     min_replies: int = 1
     resume: bool = False
     config_json: str = ""  # the run config shipped to clients (CONFIG_KEY); "" = none
+    seed: int = 0  # seeds the server's RNGs (DP noise, sampling) at the start of a fresh run
 
 
 class RunLoop:
@@ -207,6 +208,11 @@ class RunLoop:
             first = self.load_checkpoint(self.checkpoint_path) + 1
             log.info("resuming after round %d from %s", first - 1, self.checkpoint_path)
         else:
+            # a fresh run's server-side randomness (Flower's DP noise draws from numpy's global
+            # RNG, sampling from Python's) depends on the seed only, not on what ran before
+            random.seed(self.settings.seed)
+            np.random.seed(self.settings.seed % 2**32)
+            torch.manual_seed(self.settings.seed)
             record, metrics = initial()
             self.arrays = to_numpy(record)
             if metrics:

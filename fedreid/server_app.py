@@ -59,6 +59,7 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         min_replies=cfg.strategy.min_replies,
         resume=cfg.resume,
         config_json=cfg.to_json(),
+        seed=cfg.seed,
     )
     final = RunLoop(strategy, grid, recorder, settings).run(initial)
     recorder.finish(final.to_torch_state_dict())

@@ -5,7 +5,7 @@ network (all parameters replaced by their absolute values, fed an all-ones input
 iteratively with an exponential schedule so that no layer collapses. It needs no data, so the
 server can prune a randomly initialised network once and send clients the seed and the mask.
 
-Decisions (see DESIGN.md section 6):
+Decisions (our reconstruction of the HideNseek paper's server step; see docs/hidenseek.md):
 
 * The copy runs in float64 and in eval mode (dropout off, BatchNorm uses running statistics).
 * Linearisation: every parameter (weights, biases, BatchNorm affine) becomes ``|p|``; every

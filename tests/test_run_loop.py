@@ -1,0 +1,189 @@
+"""The run loop alone, on an in-process grid: any Flower strategy, merge, reply checks,
+evaluate_fn, timings, and exact resume of a stateful Flower strategy (FedAdam)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
+from flwr.serverapp.strategy import FedAdam, FedAvg
+
+from fedreid.errors import UpdateError
+from fedreid.results import RunRecorder
+from fedreid.run import LoopSettings, RunLoop, merge, to_record
+
+Client = Callable[[int, Message], Message | None]
+
+
+def reply_to(msg: Message, node: int, arrays: dict | None, metrics: dict, n: int) -> Message:
+    """A reply to ``msg`` from ``node`` (what Flower's Grid would hand back)."""
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({**metrics, "num-examples": n}),
+            "client": ConfigRecord({"name": f"c{node}"}),
+        }
+    )
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"r-{msg.metadata.message_id}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id=msg.metadata.message_id,
+        group_id="",
+        created_at=0.0,
+        ttl=60,
+        message_type=msg.metadata.message_type,
+    )
+    return Message(content=content, metadata=metadata)
+
+
+class LocalGrid:
+    """A Grid whose nodes are Python functions (no Ray, no network)."""
+
+    def __init__(self, clients: dict[int, Client]) -> None:
+        self.clients = clients
+        self.pending: dict[str, Message] = {}
+        self.sent: list[Message] = []
+        self._count = 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.clients)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            self._count += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._count}"
+            self.pending[msg.metadata.message_id] = msg
+            self.sent.append(msg)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        out = []
+        for mid in list(message_ids):
+            msg = self.pending.pop(mid, None)
+            if msg is None:
+                continue
+            node = msg.metadata.dst_node_id
+            reply = self.clients[node](node, msg)
+            if reply is not None:
+                out.append(reply)
+        return out
+
+
+@pytest.fixture(autouse=True)
+def in_serverapp(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity  # set inside a real ServerApp
+
+    for key in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, key, 1)
+
+
+def step_client(delta: float, n: int = 10) -> Client:
+    """Returns the received arrays plus ``delta`` (a fixed 'training step')."""
+
+    def client(node: int, msg: Message) -> Message:
+        if msg.metadata.message_type == "evaluate":
+            return reply_to(msg, node, None, {"accuracy": 0.5}, n)
+        arrays = {k: v.numpy() + delta for k, v in msg.content["arrays"].items()}
+        return reply_to(msg, node, arrays, {"train_loss": 1.0}, n)
+
+    return client
+
+
+def initial() -> tuple[ArrayRecord, dict[str, float]]:
+    return to_record({"w": np.zeros(3, np.float32)}), {"setup_s": 1.0}
+
+
+def test_flowers_fedavg_runs_under_the_loop_with_evaluate_fn(tmp_path: Path) -> None:
+    grid = LocalGrid({1: step_client(1.0, 10), 2: step_client(3.0, 30)})
+    calls = []
+
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        calls.append((rnd, arrays["w"].numpy().copy()))
+        return MetricRecord({"loss": float(rnd)})
+
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+    run = RunLoop(
+        strategy, grid, RunRecorder(tmp_path, {}), LoopSettings(num_rounds=2), evaluate_fn
+    )
+    final = run.run(initial)
+    # each round: +1 (weight 10) and +3 (weight 30) -> mean step 2.5
+    np.testing.assert_allclose(final["w"].numpy(), [5.0, 5.0, 5.0])
+    assert [c[0] for c in calls] == [1, 2]
+    np.testing.assert_allclose(calls[0][1], [2.5] * 3)
+    rounds = {r["round"]: r for r in run.recorder.rounds}
+    assert rounds[1]["server"]["server_loss"] == 1.0 and rounds[1]["server"]["setup_s"] == 1.0
+    assert rounds[2]["clients"]["c2"]["accuracy"] == 0.5
+    assert rounds[2]["clients"]["c1"]["bytes_down"] > 0
+    assert {"train_phase_s", "aggregate_s", "evaluate_phase_s"} <= set(rounds[2]["server"])
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_a_bad_reply_is_excluded_and_the_round_goes_on(tmp_path: Path, caplog) -> None:
+    def bad(node: int, msg: Message) -> Message:
+        if msg.metadata.message_type == "evaluate":
+            return reply_to(msg, node, None, {"accuracy": 0.5}, 10)
+        return reply_to(msg, node, {"w": np.full(4, 9.0, np.float32)}, {"train_loss": 1.0}, 10)
+
+    grid = LocalGrid({1: step_client(1.0), 2: bad})
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+    run = RunLoop(strategy, grid, RunRecorder(tmp_path, {}), LoopSettings(num_rounds=1))
+    final = run.run(initial)
+    np.testing.assert_allclose(final["w"].numpy(), [1.0] * 3)  # the good client only
+    assert run.recorder.rounds[0]["server"]["excluded"] == 1
+    assert any("has shape (4,)" in m for m in caplog.messages)
+
+
+def test_too_few_replies_keeps_the_model(tmp_path: Path) -> None:
+    grid = LocalGrid({1: step_client(1.0), 2: lambda node, msg: None})  # node 2 never answers
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+    settings = LoopSettings(num_rounds=1, min_replies=2, round_timeout_s=0.5)
+    run = RunLoop(strategy, grid, RunRecorder(tmp_path, {}), settings)
+    final = run.run(initial)
+    np.testing.assert_array_equal(final["w"].numpy(), np.zeros(3))
+    server = run.recorder.rounds[0]["server"]
+    assert server["skipped"] == 1 and server["train_timeouts"] == 1
+
+
+def test_fedadam_resumes_exactly(tmp_path: Path) -> None:
+    """FedAdam's moments live in the strategy: the checkpoint carries them."""
+
+    def make() -> tuple[FedAdam, LocalGrid]:
+        grid = LocalGrid({1: step_client(1.0), 2: step_client(-0.5)})
+        return FedAdam(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2), grid
+
+    s, g = make()
+    full = RunLoop(s, g, RunRecorder(tmp_path / "full", {}), LoopSettings(num_rounds=4)).run(
+        initial
+    )
+    s, g = make()
+    RunLoop(s, g, RunRecorder(tmp_path / "part", {}), LoopSettings(num_rounds=2)).run(initial)
+    s, g = make()  # a new process would build a fresh strategy
+    settings = LoopSettings(num_rounds=4, resume=True)
+    resumed = RunLoop(s, g, RunRecorder(tmp_path / "part", {}), settings)
+    out = resumed.run(lambda: pytest.fail("a resumed run must not rebuild the initial arrays"))
+    np.testing.assert_array_equal(out["w"].numpy(), full["w"].numpy())
+    assert s.m_t is not None
+    payload = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert [r["round"] for r in payload["rounds"]] == [1, 2, 3, 4]
+
+
+def test_merge_casts_and_rejects() -> None:
+    g = {"w": np.zeros(2, np.float32), "n": np.array(3, np.int64)}
+    out = merge(g, {"w": np.array([1.5, 2.5], np.float64), "n": np.array(4.6)})
+    assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 5
+    with pytest.raises(UpdateError, match="unknown key"):
+        merge(g, {"x": np.zeros(1)})
+    with pytest.raises(UpdateError, match="shape"):
+        merge(g, {"w": np.zeros(3)})
+    with pytest.raises(UpdateError, match="not finite"):
+        merge(g, {"w": np.array([np.inf, 0.0])})
