@@ -22,12 +22,17 @@ Two implementations with one result:
 
 Ties are broken the same way in both: items at equal distance rank in gallery-index order
 (what a stable sort gives), so the two agree exactly, ties included.
+
+Both also take a precomputed ``[Q, G]`` distance matrix (``distmat=``, features ``None``), e.g.
+re-ranked distances from :func:`fedreid.evaluation.rerank.rerank`; :func:`ranked_indices`
+gives the ranked gallery indices per query under the same protocol (rank lists, retrieval
+figures).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -115,6 +120,69 @@ def _check_inputs(
     return q, g, q_pids, g_pids, q_cams, g_cams
 
 
+def _check_labels(
+    num_query: int,
+    num_gallery: int,
+    device: torch.device,
+    labels: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
+) -> tuple[torch.Tensor, ...]:
+    """Labels as int64 tensors on ``device``, checked against a ``[Q, G]`` problem."""
+    q_pids, g_pids, q_cams, g_cams = (
+        torch.as_tensor(x, device=device).to(torch.int64).reshape(-1) for x in labels
+    )
+    if len(q_pids) != num_query or len(q_cams) != num_query:
+        raise ValueError(f"{num_query} queries but {len(q_pids)} pids and {len(q_cams)} camids")
+    if len(g_pids) != num_gallery or len(g_cams) != num_gallery:
+        raise ValueError(
+            f"{num_gallery} gallery items but {len(g_pids)} pids and {len(g_cams)} camids"
+        )
+    return q_pids, g_pids, q_cams, g_cams
+
+
+def _check_distmat(distmat: ArrayLike) -> torch.Tensor:
+    """A precomputed distance matrix as float32 ``[Q, G]``, non-empty and finite."""
+    dist = torch.as_tensor(distmat).to(torch.float32)
+    if dist.ndim != 2 or dist.shape[0] == 0 or dist.shape[1] == 0:
+        raise ValueError(f"distmat must be a non-empty [Q, G] matrix, got {tuple(dist.shape)}")
+    if not bool(torch.isfinite(dist).all()):
+        raise ValueError("distmat contains NaN or inf")
+    return dist
+
+
+def _problem(
+    query_feats: ArrayLike | None,
+    gallery_feats: ArrayLike | None,
+    labels: tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike],
+    distmat: ArrayLike | None,
+    max_rank: int,
+) -> tuple[int, int, torch.device, Callable[[int, int], torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Features or a precomputed distance matrix, as ``(Q, G, device, block, labels)``.
+
+    ``block(lo, hi)`` returns a fresh (writable) ``[hi - lo, G]`` float32 block of distances.
+    """
+    if distmat is None:
+        if query_feats is None or gallery_feats is None:
+            raise ValueError("give query and gallery features, or a distmat")
+        q, g, *label_tensors = _check_inputs(query_feats, gallery_feats, *labels, max_rank)
+
+        def features_block(lo: int, hi: int) -> torch.Tensor:
+            return cosine_distance(q[lo:hi], g)
+
+        return len(q), len(g), q.device, features_block, tuple(label_tensors)
+    if query_feats is not None or gallery_feats is not None:
+        raise ValueError("give features or a distmat, not both")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    dist = _check_distmat(distmat)
+    num_query, num_gallery = dist.shape
+    label_tensors = _check_labels(num_query, num_gallery, dist.device, labels)
+
+    def distmat_block(lo: int, hi: int) -> torch.Tensor:
+        return dist[lo:hi].clone()  # the evaluator writes into its block
+
+    return num_query, num_gallery, dist.device, distmat_block, label_tensors
+
+
 def _summarise(
     first_hit: np.ndarray, ap: np.ndarray, inp: np.ndarray, max_rank: int
 ) -> dict[str, float | int]:
@@ -135,8 +203,8 @@ def _summarise(
 
 
 def evaluate_ranking_loop(
-    query_feats: ArrayLike,
-    gallery_feats: ArrayLike,
+    query_feats: ArrayLike | None,
+    gallery_feats: ArrayLike | None,
     query_pids: ArrayLike,
     gallery_pids: ArrayLike,
     query_camids: ArrayLike,
@@ -144,6 +212,7 @@ def evaluate_ranking_loop(
     *,
     max_rank: int = 10,
     chunk_size: int = 512,
+    distmat: ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """Reference implementation: one stable ``argsort`` per query, in numpy.
 
@@ -155,6 +224,7 @@ def evaluate_ranking_loop(
         query_pids, gallery_pids, query_camids, gallery_camids: integer labels.
         max_rank: as in :func:`evaluate_ranking`.
         chunk_size: queries per block of the distance matrix (memory bound only).
+        distmat: as in :func:`evaluate_ranking`.
 
     Returns:
         The same dict as :func:`evaluate_ranking`.
@@ -165,21 +235,15 @@ def evaluate_ranking_loop(
         >>> evaluate_ranking_loop(q, g, [1], [2, 1], [0], [1, 1])["mAP"]
         1.0
     """
-    q, g, q_pids_t, g_pids_t, q_cams_t, g_cams_t = _check_inputs(
-        query_feats,
-        gallery_feats,
-        query_pids,
-        gallery_pids,
-        query_camids,
-        gallery_camids,
-        max_rank,
+    labels = (query_pids, gallery_pids, query_camids, gallery_camids)
+    num_query, _, _, block, label_tensors = _problem(
+        query_feats, gallery_feats, labels, distmat, max_rank
     )
-    q_pids, g_pids = q_pids_t.cpu().numpy(), g_pids_t.cpu().numpy()
-    q_cams, g_cams = q_cams_t.cpu().numpy(), g_cams_t.cpu().numpy()
+    q_pids, g_pids, q_cams, g_cams = (x.cpu().numpy() for x in label_tensors)
     first_hit, aps, inps = [], [], []
-    for start in range(0, len(q), chunk_size):
-        dist = cosine_distance(q[start : start + chunk_size], g).cpu().numpy()
-        for row, i in enumerate(range(start, min(start + chunk_size, len(q)))):
+    for start in range(0, num_query, chunk_size):
+        dist = block(start, min(start + chunk_size, num_query)).cpu().numpy()
+        for row, i in enumerate(range(start, min(start + chunk_size, num_query))):
             order = np.argsort(dist[row], kind="stable")
             same_pid = g_pids[order] == q_pids[i]
             junk = same_pid & (g_cams[order] == q_cams[i])
@@ -390,8 +454,8 @@ def _ranks_by_index_keys(
 
 
 def evaluate_ranking(
-    query_feats: ArrayLike,
-    gallery_feats: ArrayLike,
+    query_feats: ArrayLike | None,
+    gallery_feats: ArrayLike | None,
     query_pids: ArrayLike,
     gallery_pids: ArrayLike,
     query_camids: ArrayLike,
@@ -400,6 +464,7 @@ def evaluate_ranking(
     max_rank: int = 10,
     chunk_size: int = 512,
     method: Method = "auto",
+    distmat: ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """CMC rank-k, mAP and mINP under the Market-1501 protocol, vectorised in torch.
 
@@ -429,14 +494,17 @@ def evaluate_ranking(
         method: how gallery items are bucketed (same result): ``sparse`` only those at most
             as far as the query's hardest true match (fast for a good model), ``dense`` all
             of them (fast whatever the model), ``auto`` picks per block from a sample.
+        distmat: a precomputed ``[Q, G]`` distance matrix (smaller is closer, e.g. re-ranked
+            distances) used instead of cosine distances; the features must then be ``None``.
+            It is read as float32, on its own device; ties break by gallery index as above.
 
     Returns:
         ``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` as floats in ``[0, 1]`` and
         ``"num_valid_queries"`` (int).
 
     Raises:
-        ValueError: on mismatched shapes, non-finite features, or when no query has a
-            valid match.
+        ValueError: on mismatched shapes, non-finite features or distances, both or neither
+            of features and ``distmat``, or when no query has a valid match.
 
     Examples:
         >>> q = torch.tensor([[1.0, 0.0]])
@@ -445,21 +513,15 @@ def evaluate_ranking(
         >>> m["rank1"], m["mAP"], m["mINP"]
         (0.0, 0.5833333333333333, 0.6666666666666666)
     """
-    q, g, q_pids, g_pids, q_cams, g_cams = _check_inputs(
-        query_feats,
-        gallery_feats,
-        query_pids,
-        gallery_pids,
-        query_camids,
-        gallery_camids,
-        max_rank,
+    labels = (query_pids, gallery_pids, query_camids, gallery_camids)
+    num_query, num_gallery, device, block, label_tensors = _problem(
+        query_feats, gallery_feats, labels, distmat, max_rank
     )
+    q_pids, g_pids, q_cams, g_cams = label_tensors
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if method not in ("auto", "dense", "sparse"):
         raise ValueError(f"method must be 'auto', 'dense' or 'sparse', got {method!r}")
-    device = q.device
-    num_gallery = len(g)
     # Gallery grouped by pid (stable: ascending gallery index within a pid), and for every
     # query the slice of that grouping holding its pid.
     sorted_pids, order = torch.sort(g_pids, stable=True)
@@ -471,8 +533,8 @@ def evaluate_ranking(
     q_count = torch.where(found, counts[slot], 0)
 
     first_hit, aps, inps = [], [], []
-    for lo in range(0, len(q), chunk_size):
-        hi = min(lo + chunk_size, len(q))
+    for lo in range(0, num_query, chunk_size):
+        hi = min(lo + chunk_size, num_query)
         width = max(int(q_count[lo:hi].max()), 1)
         offs = torch.arange(width, device=device)[None, :]
         in_group = offs < q_count[lo:hi, None]
@@ -481,7 +543,7 @@ def evaluate_ranking(
         is_pos, is_junk = in_group & ~same_cam, in_group & same_cam
         if not bool(is_pos.any()):
             continue
-        dist = cosine_distance(q[lo:hi], g)
+        dist = block(lo, hi)
         ranks, num_pos = _block_ranks(dist, same_idx, is_pos, is_junk, method)
         valid = num_pos > 0
         ranks, num_pos = ranks[valid], num_pos[valid]
@@ -496,3 +558,73 @@ def evaluate_ranking(
     return _summarise(
         *(torch.cat(x).cpu().numpy() for x in (first_hit, aps, inps)), max_rank=max_rank
     )
+
+
+def ranked_indices(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    topk: int = 10,
+    *,
+    chunk_size: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``topk`` nearest gallery indices after the protocol's exclusion.
+
+    Gallery items with the query's pid *and* camera (junk) are removed, as in
+    :func:`evaluate_ranking`; the rest are ranked by distance, ties in gallery-index order
+    (so the ranks agree with the metrics). Vectorised: one ``torch.topk`` per block of queries
+    over int64 keys ``(distance, gallery index)``, excluded items at the largest key (behind
+    everything, as ``+inf`` would be, and behind genuine ``+inf`` distances too).
+
+    Args:
+        distmat: ``[Q, G]`` distances (smaller is closer; cosine or re-ranked).
+        q_pids, g_pids, q_camids, g_camids: integer labels.
+        topk: ranks to return per query.
+        chunk_size: queries per block (memory: about ``chunk_size * G * 16`` bytes).
+
+    Returns:
+        ``indices`` ``[Q, topk]`` int64 gallery indices, nearest first, ``-1`` past the last
+        valid item (when fewer than ``topk`` remain), and ``matches`` ``[Q, topk]`` bool: the
+        item has the query's pid (a true match; always ``False`` on padding). Queries without
+        any true match keep their row (all ``False``).
+
+    Raises:
+        ValueError: on mismatched shapes, NaN distances or ``topk < 1``.
+
+    Examples:
+        >>> idx, hit = ranked_indices([[0.3, 0.1, 0.2]], [1], [1, 1, 2], [0], [1, 0, 1], topk=3)
+        >>> idx.tolist(), hit.tolist()
+        ([[2, 0, -1]], [[False, True, False]])
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dist = torch.as_tensor(distmat).to(torch.float32)
+    if dist.ndim != 2 or dist.shape[0] == 0 or dist.shape[1] == 0:
+        raise ValueError(f"distmat must be a non-empty [Q, G] matrix, got {tuple(dist.shape)}")
+    if bool(torch.isnan(dist).any()):
+        raise ValueError("distmat contains NaN")
+    num_query, num_gallery = dist.shape
+    device = dist.device
+    q_pids_t, g_pids_t, q_cams_t, g_cams_t = _check_labels(
+        num_query, num_gallery, device, (q_pids, g_pids, q_camids, g_camids)
+    )
+    k = min(topk, num_gallery)
+    excluded_key = torch.iinfo(torch.int64).max
+    column = torch.arange(num_gallery, device=device, dtype=torch.int64)
+    indices = torch.full((num_query, topk), -1, dtype=torch.int64, device=device)
+    for lo in range(0, num_query, chunk_size):
+        hi = min(lo + chunk_size, num_query)
+        same_pid = g_pids_t[None, :] == q_pids_t[lo:hi, None]
+        junk = same_pid & (g_cams_t[None, :] == q_cams_t[lo:hi, None])
+        # ordered_bits < 2**32 and column < 2**31: the key fits in int64 and is unique.
+        keys = (_ordered_bits(dist[lo:hi]) << 31) | column
+        keys.masked_fill_(junk, excluded_key)
+        top = torch.topk(keys, k, dim=1, largest=False, sorted=True)
+        indices[lo:hi, :k] = torch.where(top.values == excluded_key, -1, top.indices)
+    valid = indices >= 0
+    matches = valid & (g_pids_t[indices.clamp(min=0)] == q_pids_t[:, None])
+    return indices, matches
