@@ -14,9 +14,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedreid.config import from_container
+from fedreid.config import compose, from_container
 from fedreid.errors import FedReIDError
-from fedreid.simulation import simulate
+from fedreid.simulation import ClientsFailed, simulate
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
@@ -28,11 +28,31 @@ def main(raw: DictConfig) -> None:
         if not cfg.output_dir:
             cfg.output_dir = HydraConfig.get().runtime.output_dir
         out = simulate(cfg)
+    except ClientsFailed as err:  # finished, but a site never contributed
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     except FedReIDError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # an unwritable output folder, a full disk
+        print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         sys.exit(2)
     print(f"results: {out}/results.json")
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose the command line's overrides once before hydra does, so an unknown key or a
+    malformed value ends with one ``error:`` line and exit code 2 (hydra's own message is
+    several lines and exit 1). Sweeps (``-m``) and hydra's own flags are left to hydra."""
+    if any(a.startswith("-") for a in argv):
+        return
+    try:
+        compose(argv)
+    except FedReIDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     main()

@@ -148,6 +148,18 @@ class PrivacyConfig:
 
 
 @dataclass
+class TrustConfig:
+    """Defences against hostile or broken sites: on by default, each can be switched off."""
+
+    strict_metrics: bool = True  # only known metric keys, each within its range
+    norm_screen: float = 10.0  # reject updates > this x the round's median update norm; 0 = off
+    pin_examples: bool = True  # a node's num-examples may not change during a run ...
+    pin_tolerance: float = 0.01  # ... by more than this fraction
+    max_message_mb: float = 1024.0  # largest reply accepted; 0 = no limit
+    on_too_few: str = "fail"  # fewer than strategy.min_replies valid replies: fail | skip
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases tracking; offline and disabled unless asked."""
 
@@ -169,6 +181,7 @@ class Config:
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     task: str = "reid"  # reid | classification
     num_rounds: int = 10
     eval_every: int = 2  # federated evaluation every k rounds (and always at the last round)
@@ -179,7 +192,8 @@ class Config:
     client_gpus: float = 0.0
     round_timeout_s: float = 3600.0
     resume: bool = False
-    overwrite: bool = False
+    resume_force: bool = False  # resume even though the config changed since the checkpoint
+    overwrite: bool = False  # start afresh in an existing run folder (its old run is removed)
 
     def to_json(self) -> str:
         """Serialise for shipping to clients inside a ConfigRecord."""
@@ -212,6 +226,44 @@ def from_container(container: dict[str, Any] | DictConfig) -> Config:
     return cfg
 
 
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Numbers that must be positive, in a range, or at least 2 (one line each)."""
+    tr, d, s = cfg.train, cfg.data, cfg.strategy
+    positive = {
+        "train.lr_backbone": tr.lr_backbone,
+        "train.lr_head": tr.lr_head,
+        "strategy.kd_lr": s.kd_lr,
+        "strategy.score_lr": s.score_lr,
+        "classification.lr": cfg.classification.lr,
+        "round_timeout_s": cfg.round_timeout_s,
+        "client_cpus": cfg.client_cpus,
+    }
+    for key, value in positive.items():
+        if not _finite(value) or value <= 0:
+            raise ConfigError(f"{key} must be a finite number > 0, got {value}")
+    if not _finite(tr.momentum) or not 0 <= tr.momentum < 1:
+        raise ConfigError(f"train.momentum must be in [0, 1), got {tr.momentum}")
+    if not _finite(tr.weight_decay) or tr.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {tr.weight_decay}")
+    if not _finite(cfg.model.dropout) or not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    for key, value in {
+        "data.batch_size": d.batch_size,
+        "strategy.kd_batch_size": s.kd_batch_size,
+        "classification.batch_size": cfg.classification.batch_size,
+    }.items():
+        if value < 2:
+            raise ConfigError(f"{key} must be >= 2 (BatchNorm needs two samples), got {value}")
+    if d.eval_batch_size < 1:
+        raise ConfigError(f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")
+    if cfg.client_gpus < 0 or tr.threads < 1 or d.num_workers < 0:
+        raise ConfigError("client_gpus >= 0, train.threads >= 1 and data.num_workers >= 0")
+
+
 def validate(cfg: Config) -> None:
     """Reject configs that contradict themselves, with one line naming the setting."""
     s = cfg.strategy
@@ -240,6 +292,16 @@ def validate(cfg: Config) -> None:
             "train.device=cuda needs client_gpus > 0 (Ray hides GPUs from "
             "clients that ask for none)"
         )
+    _check_ranges(cfg)
+    t = cfg.trust
+    if t.on_too_few not in ("fail", "skip"):
+        raise ConfigError(f"trust.on_too_few={t.on_too_few!r} must be fail or skip")
+    if t.norm_screen < 0 or (0 < t.norm_screen <= 1):
+        raise ConfigError(f"trust.norm_screen must be 0 (off) or > 1, got {t.norm_screen}")
+    if not 0 <= t.pin_tolerance < 1:
+        raise ConfigError(f"trust.pin_tolerance must be in [0, 1), got {t.pin_tolerance}")
+    if t.max_message_mb < 0:
+        raise ConfigError(f"trust.max_message_mb must be >= 0, got {t.max_message_mb}")
     legacy = {"true": "on", "false": "off"}  # train.amp was a boolean before
     cfg.train.amp = legacy.get(str(cfg.train.amp).lower(), str(cfg.train.amp))
     if cfg.train.amp not in AMP_SETTINGS:

@@ -34,6 +34,8 @@ CONFIG_KEY = "fedreid-config"
 """The resolved run config (JSON); clients never read a second copy."""
 ROUND_KEY = "server-round"
 """Set by Flower's strategies in every message."""
+RUN_KEY = "fedreid-run-id"
+"""The server's id of this run: clients keep their state per run (a resumed run keeps it)."""
 EVAL_LOCAL_KEY = "evaluate-local"
 """Training messages: also rank the trained model before aggregation ("FedPav Local")."""
 UPLOAD_KEY = "fedreid-upload"
@@ -50,6 +52,25 @@ class Upload(StrEnum):
     SHARED = "shared"  # the shared tensors it received (backbone + bottleneck), trained
     NONE = "none"  # nothing: local training, each client keeps its whole model
     SIGNS = "signs"  # HideNseek: packed sign (or keep) bits of the surviving weights
+
+
+# -- the metrics a reply may carry, and their ranges --------------------------------------------
+INF = float("inf")
+_RANKING = {k: (0.0, 1.0) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
+_CLASSIFICATION = {"accuracy": (0.0, 1.0), "loss": (0.0, INF)}
+EVALUATE_METRICS: dict[str, tuple[float, float]] = {**_RANKING, **_CLASSIFICATION}
+"""Evaluation replies: metric -> allowed [low, high]."""
+TRAIN_METRICS: dict[str, tuple[float, float]] = {
+    "train_loss": (0.0, INF),
+    "train_acc": (0.0, 1.0),
+    "train_images": (0.0, INF),
+    "train_time_s": (0.0, INF),
+    "cdw_distance": (0.0, 2.0),  # a cosine distance 1 - cos lies in [0, 2]
+    "local_flipped": (0.0, 1.0),
+    "norm_bit": (0.0, 1.0),  # Flower's adaptiveclipping_mod: was the update clipped
+    **{f"local_{k}": v for k, v in EVALUATE_METRICS.items()},  # "FedPav Local"
+}
+"""Training replies: metric -> allowed [low, high] (``num-examples`` is checked apart)."""
 
 
 # -- HideNseek wire format --------------------------------------------------------------------

@@ -66,6 +66,7 @@ class RunRecorder:
         self.server: dict[int, dict[str, float]] = {}
         self.start_time = time.time()
         self.elapsed_offset = 0.0
+        self.notes: dict[str, Any] = {}  # run-level facts: failure reason, failing clients
         self._wandb = None
         if wandb_cfg and wandb_cfg.get("enabled"):
             import wandb
@@ -120,7 +121,7 @@ class RunRecorder:
 
     def payload(self, status: str) -> dict[str, Any]:
         rounds = sorted(self.rounds, key=lambda r: r["round"])
-        out = {"status": status, "config": self.config, "rounds": rounds}
+        out = {"status": status, "config": self.config, "rounds": rounds, **self.notes}
         if status == "finished":
             out["final"] = self.final_metrics()
         return out
@@ -148,6 +149,13 @@ class RunRecorder:
         self.rounds = list(payload.get("rounds", []))
         if self.rounds:
             self.elapsed_offset = max(r.get("elapsed_s", 0.0) for r in self.rounds)
+
+    def fail(self, status: str, reason: str) -> None:
+        """results.json with ``status`` (``failed`` / ``interrupted``) and the reason."""
+        self.notes["reason"] = reason
+        self.write(status=status)
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=1)
 
     def finish(self, arrays: dict[str, torch.Tensor] | None) -> None:
         """Final checkpoint, plots and results.json with ``status: finished``."""

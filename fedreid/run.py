@@ -20,8 +20,10 @@ what a ReID benchmark needs around them:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedreid.errors import ConfigError, UpdateError
-from fedreid.protocol import CONFIG_KEY, EVAL_LOCAL_KEY, NUM_EXAMPLES
+from fedreid.errors import ConfigError, FedReIDError, UpdateError
+from fedreid.protocol import (
+    CONFIG_KEY,
+    EVAL_LOCAL_KEY,
+    EVALUATE_METRICS,
+    NUM_EXAMPLES,
+    RUN_KEY,
+    TRAIN_METRICS,
+)
 from fedreid.results import RunRecorder, atomic_torch_save
 from fedreid.strategies.replies import ClientReply, parse_reply
 from fedreid.strategies.report import collect_report, find_hook, layers
@@ -151,6 +160,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+class RoundFailed(FedReIDError):
+    """A round had fewer valid replies than ``strategy.min_replies`` (``trust.on_too_few=fail``)."""
+
+
 # -- the loop --------------------------------------------------------------------
 @dataclass
 class LoopSettings:
@@ -163,6 +176,13 @@ class LoopSettings:
     resume: bool = False
     config_json: str = ""  # the run config shipped to clients (CONFIG_KEY); "" = none
     seed: int = 0  # seeds the server's RNGs (DP noise, sampling) at the start of a fresh run
+    # defences (config section ``trust``)
+    strict_metrics: bool = True
+    norm_screen: float = 10.0
+    pin_examples: bool = True
+    pin_tolerance: float = 0.01
+    max_bytes: int = 0
+    on_too_few: str = "fail"
 
 
 class RunLoop:
@@ -192,8 +212,13 @@ class RunLoop:
         self.arrays: Arrays = {}
         self.checkpoint_path: Path = recorder.output_dir / "checkpoint.pt"
         self._names: dict[int, str] = {}
+        self._owners: dict[str, int] = {}  # client name -> the node that claimed it first
+        self._pinned: dict[tuple[str, int], int] = {}  # (phase, node) -> num-examples
+        self._valid_rounds: dict[int, int] = {}  # node -> training rounds with a valid reply
+        self._sampled: set[int] = set()  # nodes asked to train at least once
         self._first_round = 1
         self._elapsed_at_start = 0.0
+        self.run_id = ""  # set at a fresh start, restored on resume
 
     # -- public --------------------------------------------------------------------------------
     def run(self, initial: Callable[[], tuple[ArrayRecord, dict[str, float]]]) -> ArrayRecord:
@@ -210,6 +235,7 @@ class RunLoop:
         else:
             # a fresh run's server-side randomness (Flower's DP noise draws from numpy's global
             # RNG, sampling from Python's) depends on the seed only, not on what ran before
+            self.run_id = uuid.uuid4().hex[:12]
             random.seed(self.settings.seed)
             np.random.seed(self.settings.seed % 2**32)
             torch.manual_seed(self.settings.seed)
@@ -233,7 +259,7 @@ class RunLoop:
 
     # -- one round -----------------------------------------------------------------------------
     def _config(self, server_round: int, train: bool) -> ConfigRecord:
-        config = ConfigRecord()
+        config = ConfigRecord({RUN_KEY: self.run_id})
         if self.settings.config_json:
             config[CONFIG_KEY] = self.settings.config_json
         if train:
@@ -255,6 +281,7 @@ class RunLoop:
             self.strategy.configure_train(rnd, self.handed(), self._config(rnd, True), self.grid)
         )
         sent = {m.metadata.dst_node_id: m for m in messages}
+        self._sampled.update(sent)
         replies = self._exchange(messages, rnd, "train")
         t1 = time.perf_counter()
         valid = self._validate(rnd, replies, sent, train=True)
@@ -284,13 +311,14 @@ class RunLoop:
 
     def _aggregate(self, rnd: int, valid: list[ClientReply]) -> None:
         if len(valid) < self.settings.min_replies:
-            log.warning(
-                "round %d: %d valid replies < strategy.min_replies=%d; round skipped, "
-                "global model kept",
-                rnd,
-                len(valid),
-                self.settings.min_replies,
+            reason = (
+                f"round {rnd}: {len(valid)} valid replies < strategy.min_replies="
+                f"{self.settings.min_replies}"
             )
+            if self.settings.on_too_few == "fail":
+                self.recorder.server_metric(rnd, {"failed": 1})
+                raise RoundFailed(f"{reason} (trust.on_too_few=skip would skip such rounds)")
+            log.warning("%s; round skipped, global model kept", reason)
             self.recorder.server_metric(rnd, {"skipped": 1})
             return
         try:
@@ -363,7 +391,10 @@ class RunLoop:
     def _validate(
         self, rnd: int, replies: list[Message], sent: dict[int, Message], train: bool
     ) -> list[ClientReply]:
+        """Per-reply checks, then the run-level ones (names, pinned counts, norm screen)."""
+        s = self.settings
         expected_hook = find_hook(self.strategy, "expected_reply")
+        allowed = (TRAIN_METRICS if train else EVALUATE_METRICS) if s.strict_metrics else None
         valid: list[ClientReply] = []
         for msg in replies:
             expected = None
@@ -376,14 +407,80 @@ class RunLoop:
                     else {k: (tuple(v.shape), v.dtype) for k, v in to_numpy(record).items()}
                 )
             try:
-                reply = parse_reply(msg, expected)
+                reply = parse_reply(msg, expected, allowed_metrics=allowed, max_bytes=s.max_bytes)
+                self._check_identity(reply, "train" if train else "evaluate")
             except UpdateError as err:
-                log.warning("round %d: excluded reply: %s", rnd, err)
-                self._count_excluded(rnd)
+                self._exclude(rnd, f"excluded reply: {err}")
                 continue
-            self._names[reply.node_id] = reply.name
             valid.append(reply)
+        if train:
+            valid = self._screen_norms(rnd, valid, sent)
+            for reply in valid:
+                self._valid_rounds[reply.node_id] = self._valid_rounds.get(reply.node_id, 0) + 1
         return valid
+
+    def _check_identity(self, reply: ClientReply, phase: str) -> None:
+        """One name per node for the whole run; a node's sample count stays what it said."""
+        owner = self._owners.get(reply.name)
+        if owner is not None and owner != reply.node_id:
+            raise UpdateError(f"{reply.name}: name already taken by node {owner}")
+        known = self._names.get(reply.node_id)
+        if known is not None and known != reply.name:
+            raise UpdateError(f"{reply.name}: node {reply.node_id} answered as {known!r} before")
+        if self.settings.pin_examples:
+            pinned = self._pinned.get((phase, reply.node_id))
+            tolerance = self.settings.pin_tolerance * (pinned or 0)
+            if pinned is not None and abs(reply.num_examples - pinned) > tolerance:
+                raise UpdateError(
+                    f"{reply.name}: num-examples {reply.num_examples} in {phase}, it said "
+                    f"{pinned} before (trust.pin_examples)"
+                )
+            self._pinned.setdefault((phase, reply.node_id), reply.num_examples)
+        self._owners.setdefault(reply.name, reply.node_id)
+        self._names[reply.node_id] = reply.name
+
+    def _screen_norms(
+        self, rnd: int, valid: list[ClientReply], sent: dict[int, Message]
+    ) -> list[ClientReply]:
+        """Drop updates far larger than the round's median update (a scaled-up attack)."""
+        factor = self.settings.norm_screen
+        floating = [
+            r for r in valid if r.arrays and all(a.dtype.kind == "f" for a in r.arrays.values())
+        ]
+        if factor <= 0 or len(floating) < 3:
+            return valid
+        norms = {}
+        for r in floating:
+            base = to_numpy(_array_record(sent[r.node_id])) if r.node_id in sent else {}
+            total = 0.0
+            for key, value in r.arrays.items():
+                diff = value.astype(np.float64) - base.get(key, 0.0)
+                total += float(np.dot(diff.ravel(), diff.ravel()))
+            norms[r.node_id] = math.sqrt(total)
+        median = float(np.median(list(norms.values())))
+        kept = []
+        for r in valid:
+            norm = norms.get(r.node_id)
+            if norm is not None and median > 0 and norm > factor * median:
+                self._exclude(
+                    rnd,
+                    f"excluded reply: {r.name}: update norm {norm:.4g} > {factor:g} x the "
+                    f"round's median {median:.4g} (trust.norm_screen)",
+                )
+                continue
+            if norm is not None:
+                self.recorder.client(rnd, r.name, {"update_norm": norm})
+            kept.append(r)
+        return kept
+
+    def _exclude(self, rnd: int, reason: str) -> None:
+        log.warning("round %d: %s", rnd, reason)
+        self._count_excluded(rnd)
+
+    def failed_clients(self) -> list[str]:
+        """Clients (by name, else node id) that never sent a valid training reply."""
+        nodes = [n for n in self._sampled if self._valid_rounds.get(n, 0) == 0]
+        return sorted(self._names.get(n, f"node-{n}") for n in nodes)
 
     def _count_excluded(self, rnd: int) -> None:
         server = self.recorder._round(rnd)["server"]
@@ -436,10 +533,17 @@ class RunLoop:
         atomic_torch_save(
             {
                 "round": server_round,
+                "run_id": self.run_id,
                 "arrays": {k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()},
                 "strategy": strategy_state(self.strategy),
                 "rng": _rng_state(),
                 "results": self.recorder.payload("running"),
+                "trust": {
+                    "names": dict(self._names),
+                    "pinned": [[phase, node, n] for (phase, node), n in self._pinned.items()],
+                    "valid_rounds": dict(self._valid_rounds),
+                    "sampled": sorted(self._sampled),
+                },
             },
             self.checkpoint_path,
         )
@@ -449,9 +553,16 @@ class RunLoop:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             self.arrays = {k: v.numpy() for k, v in ckpt["arrays"].items()}
+            self.run_id = str(ckpt.get("run_id", ""))
             load_strategy_state(self.strategy, ckpt["strategy"])
             _set_rng_state(ckpt["rng"])
             self.recorder.load(ckpt["results"])
+            trust = ckpt.get("trust", {})
+            self._names = {int(k): str(v) for k, v in trust.get("names", {}).items()}
+            self._owners = {name: node for node, name in self._names.items()}
+            self._pinned = {(str(p), int(n)): int(c) for p, n, c in trust.get("pinned", [])}
+            self._valid_rounds = {int(k): int(v) for k, v in trust.get("valid_rounds", {}).items()}
+            self._sampled = {int(n) for n in trust.get("sampled", [])}
             return int(ckpt["round"])
         except ConfigError:
             raise

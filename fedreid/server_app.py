@@ -8,15 +8,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import Config, compose, resolve_path
-from fedreid.errors import ConfigError
+from fedreid.errors import ConfigError, FedReIDError
 from fedreid.results import RunRecorder
 from fedreid.run import LoopSettings, RunLoop
 from fedreid.strategies.registry import build_strategy, label
@@ -25,8 +29,70 @@ from fedreid.tasks import get_task
 log = logging.getLogger("fedreid")
 
 
+RUN_ARTEFACTS = (
+    "results.json",
+    "metrics.csv",
+    "checkpoint.pt",
+    "global_model.pt",
+    "curves.png",
+    "final.png",
+)
+"""What a run writes into its folder (``overwrite=true`` removes them, and ``clients/``)."""
+RESUME_FREE_KEYS = ("resume", "resume_force", "overwrite", "output_dir", "num_rounds", "wandb")
+"""Settings a resumed run may change (more rounds, another log destination)."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: old -> new`` for every setting that differs from the checkpoint's config."""
+    old = _flatten({k: v for k, v in saved.items() if k not in RESUME_FREE_KEYS})
+    new = _flatten({k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS})
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not k.endswith(("root", "data_dir", "state_dir"))
+    ]
+
+
+def check_resume(cfg: Config, out: Path) -> None:
+    """A checkpoint exists, loads without running code, and was made with this config."""
+    path = out / "checkpoint.pt"
+    if not path.exists():
+        raise ConfigError(f"resume=true but no checkpoint in {out}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = ckpt["results"]["config"]
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"cannot resume: {path} is corrupt ({reason})") from err
+    changes = config_changes(saved, cfg)
+    if changes and not cfg.resume_force:
+        shown = "; ".join(changes[:3]) + (
+            f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+        )
+        raise ConfigError(
+            f"resume=true with a changed config ({shown}); "
+            "pass resume_force=true to continue anyway"
+        )
+    if changes:
+        log.warning("resuming with a changed config (resume_force=true): %s", "; ".join(changes))
+
+
 def prepare_output_dir(cfg: Config) -> Path:
-    """Create the run folder; refuse to overwrite a previous run unless asked (or resuming)."""
+    """Create the run folder; refuse to overwrite a previous run unless asked (or resuming).
+
+    ``overwrite=true`` removes the old run's files and client state first, so nothing of it
+    is reused; ``resume=true`` checks the checkpoint and that the config did not change.
+    """
     out = resolve_path(cfg.output_dir or f"outputs/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     results = out / "results.json"
     if results.exists() and not (cfg.resume or cfg.overwrite):
@@ -34,9 +100,19 @@ def prepare_output_dir(cfg: Config) -> Path:
             f"output folder {out} already holds a run; pass resume=true, "
             "overwrite=true or another output_dir"
         )
-    if cfg.resume and not (out / "checkpoint.pt").exists():
-        raise ConfigError(f"resume=true but no checkpoint in {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        check_resume(cfg, out)
+    elif cfg.overwrite and results.exists():
+        for name in RUN_ARTEFACTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "clients", ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output folder {out} is not writable ({err.strerror})") from err
     cfg.output_dir = str(out)
     return out
 
@@ -60,8 +136,24 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         resume=cfg.resume,
         config_json=cfg.to_json(),
         seed=cfg.seed,
+        strict_metrics=cfg.trust.strict_metrics,
+        norm_screen=cfg.trust.norm_screen,
+        pin_examples=cfg.trust.pin_examples,
+        pin_tolerance=cfg.trust.pin_tolerance,
+        max_bytes=int(cfg.trust.max_message_mb * 2**20),
+        on_too_few=cfg.trust.on_too_few,
     )
-    final = RunLoop(strategy, grid, recorder, settings).run(initial)
+    loop = RunLoop(strategy, grid, recorder, settings)
+    try:
+        final = loop.run(initial)
+    except FedReIDError as err:  # a failed round, a bad checkpoint: the run says so
+        log.error("run failed: %s", err)
+        recorder.fail("failed", str(err))
+        raise
+    failed = loop.failed_clients()
+    if failed:
+        log.error("client(s) %s sent no valid training reply in any round", ", ".join(failed))
+        recorder.notes["failed_clients"] = failed
     recorder.finish(final.to_torch_state_dict())
     log.info("run finished: %s", out / "results.json")
     return out

@@ -16,6 +16,14 @@ from fedreid.strategies.registry import check_composition
 from fedreid.tasks import get_task
 
 
+class RunFailed(FedReIDError):
+    """The run ended without finishing (results.json says why)."""
+
+
+class ClientsFailed(FedReIDError):
+    """The run finished, but some client never contributed (exit status 3)."""
+
+
 def prepare(cfg: Config) -> int:
     """Fail fast before Flower starts: make/check the data, count the clients, check the
     strategy composition; returns the number of clients."""
@@ -45,6 +53,13 @@ def simulate(cfg: Config) -> str:
         backend_config=backend,
     )
     results = Path(cfg.output_dir) / "results.json"
-    if not results.exists() or json.loads(results.read_text()).get("status") != "finished":
-        raise FedReIDError(f"the simulation did not finish; see the log above ({results})")
+    payload = json.loads(results.read_text()) if results.exists() else {}
+    status = payload.get("status")
+    if status == "failed":
+        raise RunFailed(f"the run failed: {payload.get('reason', '?')} ({results})")
+    if status != "finished":
+        raise RunFailed(f"the simulation did not finish; see the log above ({results})")
+    if payload.get("failed_clients"):
+        failed = ", ".join(payload["failed_clients"])
+        raise ClientsFailed(f"client(s) {failed} sent no valid training reply ({results})")
     return cfg.output_dir

@@ -18,7 +18,7 @@ from torch import nn
 
 from fedreid.config import Config, resolve_path
 from fedreid.errors import ConfigError, DatasetError
-from fedreid.protocol import Upload
+from fedreid.protocol import EVAL_LOCAL_KEY, ROUND_KEY, RUN_KEY, Upload
 
 ClientFactory = Callable[
     [Config, Upload, bool, Mapping[str, Any], Mapping[str, Any], RecordDict | None], Any
@@ -53,6 +53,15 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 def initial_state(task: Task, cfg: Config) -> dict[str, torch.Tensor]:
     """The initial global arrays of a dense strategy: the seeded network's state."""
     return _state(task.seeded_model(cfg))
+
+
+def _state_scope(server_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run, round and phase a client's state is read and written for."""
+    return {
+        "run_id": str(server_config.get(RUN_KEY, "")),
+        "server_round": int(server_config.get(ROUND_KEY, 0)),
+        "phase": "train" if EVAL_LOCAL_KEY in server_config else "evaluate",
+    }
 
 
 # -- ReID --------------------------------------------------------------------
@@ -109,7 +118,7 @@ def _reid_client(
 
     spec, state_dir = resolve_node(dict(node_config), cfg)
     dataset = load_spec(spec)
-    state = ClientState(context_state, state_dir)
+    state = ClientState(context_state, state_dir, **_state_scope(server_config))
     if upload == Upload.SIGNS:
         from fedreid.clients.hidenseek_client import HideNseekClient
 
@@ -155,7 +164,9 @@ def _cls_client(
 
     if cdw:
         raise ConfigError("cosine-distance weighting needs ReID logits: task=classification")
-    return build_classification_client(cfg, upload, node_config, context_state, server_config)
+    return build_classification_client(
+        cfg, upload, node_config, context_state, server_config, _state_scope(server_config)
+    )
 
 
 TASKS: dict[str, Task] = {

@@ -131,7 +131,7 @@ def test_two_rounds_classification_through_flower(strategy: str, tmp_path: Path)
             assert 0.0 <= m["accuracy"] <= 1.0 and m["train_loss"] > 0
             if strategy == "hidenseek":
                 n = r["server"]["bits"]
-                assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 200
+                assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 600
                 assert dense_bytes / m["bytes_up"] >= 30 / cfg.strategy.density
             else:
                 assert m["bytes_up"] >= dense_bytes

@@ -31,7 +31,7 @@ def test_only_shared_keys_leave_and_head_persists(market_root: Path, tmp_path: P
     assert not any(k.startswith("classifier") for k in res.shared)
     assert res.num_examples == len(ds.train)
     assert res.metrics["train_loss"] > 0
-    head1 = torch.load(state_dir / "head.pt")
+    head1 = torch.load(next(state_dir.glob("head@*.pt")))
     assert head1["classifier.weight"].shape == (ds.num_train_pids, 512)
 
     # A restarted node (fresh context.state) resumes with the head from its state dir.
@@ -39,7 +39,7 @@ def test_only_shared_keys_leave_and_head_persists(market_root: Path, tmp_path: P
     model = restarted.build_model(shared)
     assert torch.equal(model.classifier.weight.detach(), head1["classifier.weight"])
     restarted.fit(shared, server_round=2)
-    head2 = torch.load(state_dir / "head.pt")
+    head2 = torch.load(max(state_dir.glob("head@*.pt")))
     assert not torch.equal(head1["classifier.weight"], head2["classifier.weight"])
 
 
@@ -50,8 +50,8 @@ def test_local_strategy_sends_nothing_and_keeps_model(market_root: Path) -> None
     client = ReIDClient(cfg, "toy", load_market(market_root), state, upload=Upload.NONE)
     res = client.fit(None, server_round=1)
     assert res.shared == {}
-    assert "local_model" in record.array_records and "head" in record.array_records
-    kept = record.array_records["local_model"].to_torch_state_dict()
+    assert state.load("local_model") is not None and state.load("head") is not None
+    kept = state.load("local_model")
     model = client.build_model(None)
     key = "bottleneck.0.weight"
     assert torch.equal(model.state_dict()[key], kept[key])
@@ -64,7 +64,7 @@ def test_bn_local_policy_keeps_statistics(market_root: Path) -> None:
     shared = global_shared()
     res = client.fit(shared, server_round=1)
     assert res.shared and not any(is_bn_buffer(k) for k in res.shared)
-    own = record.array_records["local_model"].to_torch_state_dict()
+    own = ClientState(record, None).load("local_model")
     key = "backbone.1.running_mean"
     model = client.build_model(shared)
     assert torch.equal(model.state_dict()[key], own[key])

@@ -158,7 +158,7 @@ def test_deployment_tls_auth_two_rounds(tiny_root: Path, tmp_path: Path) -> None
         for name in CLIENTS:
             assert 0.0 <= final[name]["rank1"] <= 1.0 and final[name]["mAP"] > 0
             assert final[name]["num_examples"] > 0
-            assert (tmp_path / "state" / name / "head.pt").is_file(), "head kept on the node"
+            assert list((tmp_path / "state" / name).rglob("head@*.pt")), "head kept on the node"
         assert (out / "global_model.pt").is_file() and (out / "checkpoint.pt").is_file()
         assert payload["config"]["output_dir"] == str(out)
         assert len({n["node-id"] for n in dep.online_nodes()}) == 2  # rogue never joined

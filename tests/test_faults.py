@@ -222,6 +222,7 @@ def test_fault_schedule_through_flower(
             f"num_rounds={SKIP_ROUND}",
             f"eval_every={SKIP_ROUND}",
             "strategy.min_replies=2",
+            "trust.on_too_few=skip",
             f"round_timeout_s={TIMEOUT_S}",
             f"fault.sleep_s={TIMEOUT_S + 10}",
             f"fault.schedule=[{','.join(schedule)}]",

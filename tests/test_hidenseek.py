@@ -194,7 +194,7 @@ def test_client_uploads_only_packed_signs(
     record = ArrayRecord(torch_state_dict=res.shared)
     assert up.numel() < record.count_bytes() < up.numel() + 200
     # head and BN statistics stayed on the client
-    assert (tmp_path / "head.pt").is_file() and (tmp_path / "hidenseek_bn.pt").is_file()
+    assert list(tmp_path.glob("head@*.pt")) and list(tmp_path.glob("hidenseek_bn@*.pt"))
 
 
 def test_global_signs_are_loaded(hns_cfg, pruning: Pruning, market_root: Path) -> None:
@@ -233,7 +233,7 @@ def test_mask_received_once_then_reused_from_state(
     proto = _protocol(pruning)
     client = HideNseekClient(hns_cfg, "toy", ds, ClientState(RecordDict(), tmp_path), proto)
     first = client.fit(_message(pruning, with_mask=True), 1)
-    stored = torch.load(tmp_path / f"{MASK_STATE}.pt")[MASK].numpy()
+    stored = torch.load(next(tmp_path.glob(f"{MASK_STATE}@*.pt")))[MASK].numpy()
     assert np.array_equal(stored, pruning.packed_mask)
     assert unpack_tensors(stored, pruning.layout).keys() == pruning.masks.keys()
     # round 2 carries signs only; a restarted node (fresh context.state) reads its state dir
@@ -292,7 +292,8 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
     for rnd, r in rounds.items():
         assert set(r["clients"]) == {"market1501", "cuhk03", "ilids"}
         for m in r["clients"].values():
-            assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 200
+            # bytes_up counts every record (arrays, metrics, the client's name)
+            assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 600
             assert fedpav_up / m["bytes_up"] >= 30 / cfg.strategy.density
             if rnd == 1:  # the mask rides along once
                 assert m["bytes_down"] >= math.ceil(n / 8) + mask_bytes

@@ -53,9 +53,17 @@ def test_load_shared_exact_keys_and_bn_skip() -> None:
     load_shared(b, state)
     assert torch.equal(b.state_dict()[bn_key], state[bn_key])
     assert is_bn_buffer(bn_key) and not is_bn_buffer("classifier.weight")
+    # BatchNorm statistics may be absent (bn_policy=local, counters): the model keeps its own
     state.pop(bn_key)
+    own = b.state_dict()[bn_key].clone()
+    load_shared(b, state)
+    assert torch.equal(b.state_dict()[bn_key], own)
+    weight_key = next(k for k in state if k.endswith(".weight"))
+    state.pop(weight_key)
     with pytest.raises(ConfigError, match="missing"):
         load_shared(b, state)
+    with pytest.raises(ConfigError, match="extra"):
+        load_shared(b, {**shared_state(a), "classifier.weight": torch.zeros(3, 512)})
 
 
 def test_unknown_arch() -> None:

@@ -77,7 +77,7 @@ def test_resume_matches_uninterrupted(
     assert [r["round"] for r in first["rounds"]] == [1, 2]
     ckpt = torch.load(part_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["round"] == 2
-    heads = sorted(p.parent.name for p in (part_dir / "clients").rglob("head.pt"))
+    heads = sorted(p.parent.parent.name for p in (part_dir / "clients").rglob("head@*.pt"))
     assert heads == ["cuhk03", "market1501"], "client heads persist in the run folder"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fedreid"):
@@ -117,8 +117,8 @@ def test_resume_matches_uninterrupted(
         else:
             assert torch.equal(t, u), key
     for name in ("market1501", "cuhk03"):  # the clients' private heads too
-        h_full = torch.load(tmp_path / "full" / "clients" / name / "head.pt")
-        h_res = torch.load(part_dir / "clients" / name / "head.pt")
+        h_full = torch.load(max((tmp_path / "full" / "clients" / name).rglob("head@*.pt")))
+        h_res = torch.load(max((part_dir / "clients" / name).rglob("head@*.pt")))
         assert set(h_full) == set(h_res)
         for key, t in h_full.items():
             assert torch.allclose(t, h_res[key], rtol=1e-4, atol=1e-5), f"{name} head {key}"

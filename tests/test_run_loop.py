@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedreid.errors import UpdateError
 from fedreid.results import RunRecorder
-from fedreid.run import LoopSettings, RunLoop, merge, to_record
+from fedreid.run import LoopSettings, RoundFailed, RunLoop, merge, to_record
 
 Client = Callable[[int, Message], Message | None]
 
@@ -143,15 +143,23 @@ def test_a_bad_reply_is_excluded_and_the_round_goes_on(tmp_path: Path, caplog) -
     assert any("has shape (4,)" in m for m in caplog.messages)
 
 
-def test_too_few_replies_keeps_the_model(tmp_path: Path) -> None:
-    grid = LocalGrid({1: step_client(1.0), 2: lambda node, msg: None})  # node 2 never answers
-    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
-    settings = LoopSettings(num_rounds=1, min_replies=2, round_timeout_s=0.5)
-    run = RunLoop(strategy, grid, RunRecorder(tmp_path, {}), settings)
+def test_too_few_replies_fail_the_run_or_skip_the_round(tmp_path: Path) -> None:
+    def make(on_too_few: str, folder: str) -> RunLoop:
+        grid = LocalGrid({1: step_client(1.0), 2: lambda node, msg: None})  # 2 never answers
+        strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+        settings = LoopSettings(
+            num_rounds=1, min_replies=2, round_timeout_s=0.5, on_too_few=on_too_few
+        )
+        return RunLoop(strategy, grid, RunRecorder(tmp_path / folder, {}), settings)
+
+    with pytest.raises(RoundFailed, match="round 1: 1 valid replies < strategy.min_replies=2"):
+        make("fail", "a").run(initial)
+    run = make("skip", "b")
     final = run.run(initial)
     np.testing.assert_array_equal(final["w"].numpy(), np.zeros(3))
     server = run.recorder.rounds[0]["server"]
     assert server["skipped"] == 1 and server["train_timeouts"] == 1
+    assert run.failed_clients() == ["node-2"]  # never sent a valid training reply
 
 
 def test_fedadam_resumes_exactly(tmp_path: Path) -> None:
@@ -187,3 +195,59 @@ def test_merge_casts_and_rejects() -> None:
         merge(g, {"w": np.zeros(3)})
     with pytest.raises(UpdateError, match="not finite"):
         merge(g, {"w": np.array([np.inf, 0.0])})
+
+
+# -- trust: run-level checks ---------------------------------------------------------------------
+def named_client(name: str, delta: float, sizes: list[int] | None = None) -> Client:
+    """Like step_client, but answers under ``name`` and with per-round sample counts."""
+    calls = {"train": 0}
+
+    def client(node: int, msg: Message) -> Message:
+        if msg.metadata.message_type == "evaluate":
+            reply = reply_to(msg, node, None, {"accuracy": 0.5}, 10)
+        else:
+            n = sizes[calls["train"]] if sizes else 10
+            calls["train"] += 1
+            arrays = {k: v.numpy() + delta for k, v in msg.content["arrays"].items()}
+            reply = reply_to(msg, node, arrays, {"train_loss": 1.0}, n)
+        reply.content["client"] = ConfigRecord({"name": name})
+        return reply
+
+    return client
+
+
+def run_clients(tmp_path: Path, clients: dict[int, Client], rounds: int = 1) -> RunLoop:
+    strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    settings = LoopSettings(num_rounds=rounds, on_too_few="skip")
+    run = RunLoop(strategy, LocalGrid(clients), RunRecorder(tmp_path, {}), settings)
+    run.final = run.run(initial)
+    return run
+
+
+def test_a_node_claiming_a_taken_name_is_rejected(tmp_path: Path, caplog) -> None:
+    run = run_clients(tmp_path, {1: named_client("alice", 1.0), 2: named_client("alice", 5.0)})
+    assert any("name already taken by node" in m for m in caplog.messages)
+    assert set(run.recorder.rounds[0]["clients"]) == {"alice"}
+    assert run.recorder.rounds[0]["server"]["excluded"] == 2  # its train and evaluate replies
+    # whoever answered first keeps the name; the other's update is left out of the mean
+    assert float(run.final["w"].numpy()[0]) in (1.0, 5.0)
+
+
+def test_num_examples_is_pinned_per_node(tmp_path: Path, caplog) -> None:
+    clients = {1: named_client("a", 1.0), 2: named_client("b", 1.0, sizes=[10, 10**7])}
+    run = run_clients(tmp_path, clients, rounds=2)
+    assert any("num-examples 10000000 in train, it said 10 before" in m for m in caplog.messages)
+    rounds = {r["round"]: r for r in run.recorder.rounds}
+    assert rounds[2]["server"]["excluded"] == 1
+    assert "train_loss" not in rounds[2]["clients"]["b"]  # its evaluation still counts
+
+
+def test_scaled_update_fails_the_norm_screen(tmp_path: Path, caplog) -> None:
+    clients = {i: named_client(f"c{i}", 1.0) for i in (1, 2, 3)}
+    clients[4] = named_client("attacker", 1e6)
+    run = run_clients(tmp_path, clients)
+    np.testing.assert_allclose(run.final["w"].numpy(), [1.0] * 3)
+    assert any("attacker: update norm" in m and "norm_screen" in m for m in caplog.messages)
+    server = run.recorder.rounds[0]["server"]
+    assert server["excluded"] == 1
+    assert run.recorder.rounds[0]["clients"]["c1"]["update_norm"] == pytest.approx(3**0.5)

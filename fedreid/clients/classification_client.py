@@ -205,11 +205,12 @@ def build_classification_client(
     node_config: Mapping[str, Any],
     context_state: RecordDict | None,
     server_config: Mapping[str, Any] | None = None,
+    scope: Mapping[str, Any] | None = None,
 ) -> ClassificationClient | HideNseekClassificationClient:
     """The classification client for this node (``partition-id``) and the upload it must send."""
     index, name, state_dir = resolve_client(dict(node_config), cfg)
     data = client_data(cfg, index)
-    state = ClientState(context_state, state_dir)
+    state = ClientState(context_state, state_dir, **dict(scope or {}))
     if upload == Upload.SIGNS:
         return HideNseekClassificationClient(cfg, name, data, state, server_config)
     if upload == Upload.SHARED:
