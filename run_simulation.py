@@ -1,4 +1,4 @@
-"""Run fedreid on Flower's simulation engine, configured by hydra (``conf/``).
+"""Run fedreid on Flower's simulation engine, configured by hydra (``fedreid/conf/``).
 
 Examples:
     python run_simulation.py                                  # the main job (FedPav, 9 clients)
@@ -16,11 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedreid.config import compose, from_container
 from fedreid.errors import FedReIDError
-from fedreid.simulation import ClientsFailed, simulate
 
 
-@hydra.main(config_path="conf", config_name="config", version_base=None)
+@hydra.main(config_path="fedreid/conf", config_name="config", version_base=None)
 def main(raw: DictConfig) -> None:
+    # imported here: a bad command line fails in about a second, before torch and Flower load
+    from fedreid.simulation import ClientsFailed, Interrupted, simulate
+
     container = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(container, dict)
     try:
@@ -28,6 +30,9 @@ def main(raw: DictConfig) -> None:
         if not cfg.output_dir:
             cfg.output_dir = HydraConfig.get().runtime.output_dir
         out = simulate(cfg)
+    except Interrupted as err:  # Ctrl-C: status interrupted, resumable
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(130)
     except ClientsFailed as err:  # finished, but a site never contributed
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)

@@ -6,7 +6,7 @@ Runs (each through ``fedreid.simulation.simulate``, one folder per run under ``-
   evaluated at the middle and last round): FedPav (dense, float32), HideNseek (sign mask at
   ``strategy.density``) and the binary {0, 1} mask over all weights (FedMask-style);
 * **classification** (scikit-learn digits, 5 Dirichlet(0.5) clients, Conv4, 5 local epochs,
-  ``--cls-rounds`` rounds, ``conf/classify.yaml``): FedAvg (dense), HideNseek at densities
+  ``--cls-rounds`` rounds, ``fedreid/conf/classify.yaml``): FedAvg (dense), HideNseek at densities
   0.05 and 0.2, and binary.
 
 For each run the table gives the final accuracy (classification: pooled accuracy on the
@@ -42,16 +42,20 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("fedreid")
 
+# The table's protocol, pinned: packed 1-bit uploads and the binary mask over ALL weights
+# (bench/hidenseek_evidence.py measures coded uploads and the equal-communication baselines).
+_PACKED = "strategy.upload_coding=packed"
+_ALL = "strategy.binary_scope=all"
 REID_RUNS = {
     "reid_fedpav": ["strategy=fedpav"],
-    "reid_hidenseek": ["strategy=hidenseek"],
-    "reid_binary": ["strategy=hidenseek_binary"],
+    "reid_hidenseek": ["strategy=hidenseek", _PACKED],
+    "reid_binary": ["strategy=hidenseek_binary", _ALL, _PACKED],
 }
 CLS_RUNS = {
     "cls_fedavg": ["strategy=fedavg"],
-    "cls_hidenseek": ["strategy=hidenseek"],
-    "cls_hidenseek_d20": ["strategy=hidenseek", "strategy.density=0.2"],
-    "cls_binary": ["strategy=hidenseek_binary"],
+    "cls_hidenseek": ["strategy=hidenseek", _PACKED],
+    "cls_hidenseek_d20": ["strategy=hidenseek", "strategy.density=0.2", _PACKED],
+    "cls_binary": ["strategy=hidenseek_binary", _ALL, _PACKED],
 }
 LABELS = {
     "reid_fedpav": "FedPav (dense float32)",
@@ -77,8 +81,8 @@ def reid_overrides(rounds: int, synflow_iterations: int) -> list[str]:
 
 
 def cls_overrides(rounds: int) -> list[str]:
-    """The classification benchmark (conf/classify.yaml) shared by all three runs."""
-    return [f"num_rounds={rounds}", "eval_every=1"]
+    """The classification benchmark (fedreid/conf/classify.yaml) shared by all three runs."""
+    return [f"num_rounds={rounds}", "eval_every=1", "classification.dataset=digits"]
 
 
 def finished(run_dir: Path) -> bool:
@@ -141,8 +145,10 @@ def summarise(payload: dict[str, Any]) -> dict[str, float]:
     if "bits" in rounds[0]["server"]:
         out["bits"] = rounds[0]["server"]["bits"]
     s = config["strategy"]
-    sign = s["name"] == "hidenseek" and s["mask_mode"] == "sign"
-    out["density"] = s["density"] if sign else 1.0
+    pruned = s["name"] == "hidenseek" and (
+        s["mask_mode"] == "sign" or s.get("binary_scope", "all") == "pruned"
+    )
+    out["density"] = s["density"] if pruned else 1.0
     return out
 
 

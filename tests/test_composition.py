@@ -1,7 +1,7 @@
 """Composition with Flower's own classes: aggregators, server optimisers, DP wrappers, KD.
 
 Fast part: the registry builds Flower's classes and rejects contradictions with one line.
-Engine part: ONE Flower simulation (one Ray start) whose ServerApp runs, one after another,
+Engine part: ONE Flower simulation (``fedreid.simulation.simulate_many``, one Ray start) runs
 2 rounds of FedPav with every aggregator, every server optimiser and every DP option, then a
 DP + FedAdam run stopped after round 2 and resumed, against the same run uninterrupted.
 """
@@ -137,39 +137,6 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("comp") / "tiny", preset="tiny", seed=0, progress=False)
 
 
-def run_all(cfgs: list[Config]) -> None:
-    """Run every config, in order, inside one Flower simulation (one Ray start)."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from fedreid.client_app import app as client_app
-    from fedreid.server_app import run_server
-    from fedreid.simulation import prepare
-
-    num_clients = prepare(cfgs[0])
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        for cfg in cfgs:
-            try:
-                run_server(grid, cfg)
-            except Exception as err:  # recorded; the test names the failing run
-                Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(cfg.output_dir) / "error.txt").write_text(repr(err))
-
-    run_simulation(
-        server_app=server,
-        client_app=client_app,
-        num_supernodes=num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0},
-            "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False},
-        },
-    )
-
-
 @pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
 def test_every_option_two_rounds_and_wrapped_resume(tiny_root: Path, tmp_path: Path) -> None:
     base = [
@@ -202,12 +169,13 @@ def test_every_option_two_rounds_and_wrapped_resume(tiny_root: Path, tmp_path: P
     cfgs.append(
         compose([*base, *wrapped, "num_rounds=3", "resume=true", f"output_dir={tmp_path / 'part'}"])
     )
-    run_all(cfgs)
+    from fedreid.simulation import simulate_many
+
+    outcome = simulate_many(cfgs)
+    assert set(outcome.values()) == {"finished"}, outcome
 
     for name in [*runs, "full", "part"]:
         folder = tmp_path / name
-        error = folder / "error.txt"
-        assert not error.exists(), f"{name}: {error.read_text()}"
         results = json.loads((folder / "results.json").read_text())
         assert results["status"] == "finished", name
         rounds = {r["round"]: r for r in results["rounds"]}

@@ -27,7 +27,8 @@ from fedreid.deploy import (
 )
 
 SKIP = os.environ.get("FEDREID_SKIP_DEPLOY") == "1" or os.environ.get("FEDREID_SKIP_SLOW") == "1"
-CLIENTS = ("market1501", "cuhk03")
+CLIENTS = ("market1501", "cuhk03", "ilids")
+KILLED = "ilids"  # its SuperNode is killed after round 1
 
 
 def test_certificates_cover_loopback(tmp_path: Path) -> None:
@@ -109,15 +110,21 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.skipif(SKIP, reason="FEDREID_SKIP_DEPLOY=1 or FEDREID_SKIP_SLOW=1")
-def test_deployment_tls_auth_two_rounds(tiny_root: Path, tmp_path: Path) -> None:
+def test_deployment_tls_auth_and_a_killed_supernode(tiny_root: Path, tmp_path: Path) -> None:
+    """3 registered SuperNodes and a rogue one; the KILLED node's process is killed after
+    round 1: rounds 2 and 3 wait for it at most round_timeout_s / node_wait_s and finish
+    with the other two."""
+    import threading
+
     out = tmp_path / "run"
     overrides = (
         f"data=tiny data.root={tiny_root} data.datasets=[{','.join(CLIENTS)}] "
-        "num_rounds=2 eval_every=2 train.max_batches=2 data.batch_size=16 "
-        "data.height=64 data.width=32 round_timeout_s=300"
+        "num_rounds=3 eval_every=3 train.max_batches=1 data.batch_size=16 "
+        "data.height=32 data.width=16 round_timeout_s=30 node_wait_s=5"
     )
     dep = Deployment(tmp_path / "deploy")
     started: list[int] = []
+    nodes = {}
     try:
         link = dep.start_superlink()
         started.append(link.proc.pid)
@@ -125,12 +132,13 @@ def test_deployment_tls_auth_two_rounds(tiny_root: Path, tmp_path: Path) -> None
             node = dep.start_supernode(
                 NodeSpec(name, name, str(tiny_root), str(tmp_path / "state"))
             )
+            nodes[name] = node
             started.append(node.proc.pid)
         assert set(dep.node_ids) == set(CLIENTS)
 
         # A node with a key pair the SuperLink never saw: refused, and it gives up.
         rogue = dep.start_supernode(
-            NodeSpec("rogue", "ilids", str(tiny_root), str(tmp_path / "state"), register=False)
+            NodeSpec("rogue", "cuhk03", str(tiny_root), str(tmp_path / "state"), register=False)
         )
         started.append(rogue.proc.pid)
         try:
@@ -142,35 +150,76 @@ def test_deployment_tls_auth_two_rounds(tiny_root: Path, tmp_path: Path) -> None
         assert "No SuperNode found with the given public key" in link_log
         assert "Failed to activate SuperNode" in rogue.log.read_text(errors="replace")
 
-        online = dep.wait_for_nodes(2)
+        online = dep.wait_for_nodes(len(CLIENTS))
         assert {int(n["node-id"]) for n in online} == set(dep.node_ids.values())
 
+        def kill_after_round_one() -> None:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    if json.loads((out / "results.json").read_text())["rounds"]:
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.2)
+            nodes[KILLED].proc.kill()  # SIGKILL: no goodbye to the SuperLink
+
+        killer = threading.Thread(target=kill_after_round_one, daemon=True)
+        killer.start()
         t0 = time.time()
         payload = dep.run({"overrides": overrides, "output-dir": str(out)}, timeout=400)
         run_seconds = time.time() - t0
+        killer.join(timeout=5)
 
         assert payload["status"] == "finished"
-        assert [r["round"] for r in payload["rounds"]] == [1, 2]
-        for entry in payload["rounds"]:
-            assert set(entry["clients"]) == set(CLIENTS), "only the registered nodes took part"
-            assert "excluded" not in entry["server"] and "skipped" not in entry["server"]
+        rounds = {r["round"]: r for r in payload["rounds"]}
+        assert sorted(rounds) == [1, 2, 3], "the run finished its rounds without the dead node"
+        assert set(rounds[1]["clients"]) == set(CLIENTS), "only the registered nodes took part"
+        survivors = set(CLIENTS) - {KILLED}
+        for rnd in (2, 3):
+            assert set(rounds[rnd]["clients"]) == survivors, rounds[rnd]
+            server = rounds[rnd]["server"]
+            assert server.get("train_timeouts", 0) + server.get("missing_nodes", 0) >= 1, server
         final = payload["final"]
-        for name in CLIENTS:
+        for name in survivors:
             assert 0.0 <= final[name]["rank1"] <= 1.0 and final[name]["mAP"] > 0
             assert final[name]["num_examples"] > 0
             assert list((tmp_path / "state" / name).rglob("head@*.pt")), "head kept on the node"
         assert (out / "global_model.pt").is_file() and (out / "checkpoint.pt").is_file()
         assert payload["config"]["output_dir"] == str(out)
-        assert len({n["node-id"] for n in dep.online_nodes()}) == 2  # rogue never joined
         print(
-            f"\ndeployment: 2 rounds in {run_seconds:.0f}s; final "
-            + json.dumps({c: {k: round(final[c][k], 3) for k in ("rank1", "mAP")} for c in CLIENTS})
+            f"\ndeployment: 3 rounds (one SuperNode killed after round 1) in {run_seconds:.0f}s;"
+            + " final "
+            + json.dumps(
+                {c: {k: round(final[c][k], 3) for k in ("rank1", "mAP")} for c in survivors}
+            )
         )
     finally:
         trees = {pid: descendants(pid) for pid in started}
         dep.stop()
     for pid, tree in trees.items():
-        assert _proc_stat(pid) is None, f"process {pid} survived stop()"
+        assert _proc_stat(pid) is None, f"process {pid} survived stop()"  # (or was killed)
         for child, start in tree.items():
             stat = _proc_stat(child)
             assert stat is None or stat[1] != start, f"descendant {child} survived stop()"
+
+
+def test_deploy_up_refuses_a_node_whose_data_cannot_be_loaded(tmp_path: Path, capsys) -> None:
+    """A SuperNode whose data root is missing fails ``deploy up`` at start, naming it."""
+    from fedreid.deploy import main
+
+    code = main(
+        [
+            "up",
+            str(tmp_path / "fl"),
+            "--node",
+            f"site-a=market1501:{tmp_path / 'missing'}",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: SuperNode site-a: its data cannot be loaded")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "fl").exists() or not any((tmp_path / "fl").rglob("*.log"))

@@ -25,6 +25,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedreid.clients.faulty import (
+    ATTACKS,
     FAULT_KINDS,
     FaultyClient,
     InjectedFault,
@@ -155,7 +156,7 @@ def test_schedule_parsing() -> None:
     Cfg.fault.schedule, Cfg.fault.rounds = [], [0]
     with pytest.raises(ConfigError, match="rounds >= 1"):
         scheduled_faults(Cfg)
-    assert set(REASONS) | {"raise", "timeout"} == set(FAULT_KINDS)
+    assert set(REASONS) | {"raise", "timeout"} | set(ATTACKS) == set(FAULT_KINDS)
 
 
 @needs_fault_config
@@ -207,7 +208,7 @@ def test_fault_schedule_through_flower(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from fedreid.run import RunLoop
-    from fedreid.simulation import simulate
+    from fedreid.simulation import ClientsFailed, simulate
 
     schedule = [f"{r}:{k}:{FAULTY}" for r, k in SCHEDULE.items()]
     schedule += [f"{SKIP_ROUND}:raise:{FAULTY}", f"{SKIP_ROUND}:nan:{OTHER}"]
@@ -240,10 +241,14 @@ def test_fault_schedule_through_flower(
 
     monkeypatch.setattr(RunLoop, "save_checkpoint", snapshot)
     caplog.set_level(logging.INFO, logger="fedreid")
-    out = Path(simulate(cfg))
+    # the faulty client fails every training round: the run finishes, but says so (exit 3)
+    with pytest.raises(ClientsFailed, match=f"client\\(s\\) {FAULTY} sent no valid training reply"):
+        simulate(cfg)
+    out = tmp_path / "run"
 
     payload = json.loads((out / "results.json").read_text())
     assert payload["status"] == "finished"
+    assert payload["failed_clients"] == [FAULTY]
     rounds = {r["round"]: r for r in payload["rounds"]}
     assert sorted(rounds) == list(range(1, SKIP_ROUND + 1)), "every round ran"
     warnings = [
@@ -294,3 +299,28 @@ def test_fault_schedule_through_flower(
     final = rounds[SKIP_ROUND]["clients"]
     assert set(final) == {"market1501", "cuhk03", "ilids"}
     assert all(np.isfinite(final[c]["mAP"]) for c in final)
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks within valid shapes (bench/bench_poisoning.py uses them)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Fit:
+    shared: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def test_attacks_hand_checked() -> None:
+    from fedreid.clients.faulty import attack
+
+    received = {"w": torch.tensor([1.0, 1.0]), "n": torch.tensor(3)}
+    honest = _Fit({"w": torch.tensor([1.5, 0.0]), "n": torch.tensor(3)}, 10, {"cdw_distance": 0.1})
+    update = torch.tensor([0.5, -1.0])
+    torch.testing.assert_close(attack(honest, received, "scale").shared["w"], 1 + 1e3 * update)
+    torch.testing.assert_close(attack(honest, received, "negate").shared["w"], 1 - 10 * update)
+    flipped = attack(honest, received, "signflip").shared["w"]
+    torch.testing.assert_close(flipped, torch.tensor([1 - 0.75, 1 + 0.75]))
+    assert attack(honest, received, "scale").shared["n"] == 3  # integers untouched
+    assert attack(honest, received, "inflate_cdw").metrics["cdw_distance"] == 1e9
+    assert attack(honest, received, "inflate_examples").num_examples == 10**7

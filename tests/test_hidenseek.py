@@ -292,14 +292,17 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
     for rnd, r in rounds.items():
         assert set(r["clients"]) == {"market1501", "cuhk03", "ilids"}
         for m in r["clients"].values():
-            # bytes_up counts every record (arrays, metrics, the client's name)
-            assert math.ceil(n / 8) <= m["bytes_up"] <= math.ceil(n / 8) + 600
+            # bytes_up counts every record (arrays, metrics, the client's name); the upload is
+            # coded (upload_coding=auto): at most the packed bits plus a 5-byte header
+            assert m["bytes_up"] <= math.ceil(n / 8) + 600
+            assert 0 < m["upload_bpw"] <= 8 * (math.ceil(n / 8) + 5) / n
             assert fedpav_up / m["bytes_up"] >= 30 / cfg.strategy.density
+            down = m.get("bytes_down_arrays", m["bytes_down"])  # the arrays sent
             if rnd == 1:  # the mask rides along once
-                assert m["bytes_down"] >= math.ceil(n / 8) + mask_bytes
+                assert down >= math.ceil(n / 8) + mask_bytes
             else:
-                assert m["bytes_down"] <= math.ceil(n / 8) + 200
-        for key in ("agreement", "flipped", "unanimous", "bits"):
+                assert down <= math.ceil(n / 8) + 200
+        for key in ("agreement", "flipped", "unanimous", "bits", "upload_bpw", "xor_rate"):
             assert key in r["server"]
         assert r["server"]["bits"] == n
     for m in rounds[2]["clients"].values():
@@ -307,3 +310,118 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
     final = torch.load(out / "global_model.pt")
     assert set(final) == {SIGNS, MASK}
     assert final[MASK].numel() == mask_bytes
+
+
+# -- coded uploads, FedPM, options ---------------------------------------------------------------
+def test_coded_uploads_decode_and_corrupt_ones_are_excluded(in_serverapp) -> None:
+    from fedreid.protocol import CODING_KEY, AnyLength
+    from fedreid.utils import signcode
+
+    torch.manual_seed(0)
+    s = HideNseek(
+        w0=torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False)),
+        upload_coding="auto",
+        min_train_nodes=1,
+        min_available_nodes=1,
+    )
+    sent = np.ones(10, dtype=bool)
+    out = list(s.configure_train(1, _arrays(sent), ConfigRecord(), _Grid()))
+    assert out[0].content["config"][CODING_KEY] == "auto"
+    shape, dtype = s.expected_reply(out[0].content["arrays"])[SIGNS]
+    assert shape == (AnyLength(signcode.max_payload(10)),) and dtype == np.uint8
+    a = np.array([F] * 10)
+    b = np.array([T] * 9 + [F])
+    pa = signcode.encode(a, sent)  # raw: all 10 differ
+    pb = signcode.encode(b, sent)  # 10 bits: raw is the smallest (rice needs 5 + 1 bytes)
+    bad = pb.copy()
+    bad[-1] ^= 0x01  # a data bit: the CRC-32 catches it
+    replies = [
+        train_reply(1, {SIGNS: pa}, {"train_loss": 1.0}, 10),
+        train_reply(2, {SIGNS: pb}, {"train_loss": 1.0}, 30),
+        train_reply(3, {SIGNS: bad}, {"train_loss": 1.0}, 100),
+    ]
+    arrays, _ = s.aggregate_train(1, replies)
+    assert unpack_bits(arrays[SIGNS].numpy(), 10).tolist() == b.tolist()  # 30 vs 10: b wins
+    report = s.take_report()
+    assert list(report.excluded) == [3] and "CRC-32" in report.excluded[3]
+    assert report.clients[1]["upload_bpw"] == pytest.approx(8 * pa.size / 10)
+    assert report.clients[2]["xor_rate"] == pytest.approx(0.1)
+    assert report.clients[2]["upload_coding"] == signcode.RAW
+    assert report.server["upload_bpw"] == pytest.approx(8 * (pa.size + pb.size) / 2 / 10)
+
+
+def test_fedpm_server_estimates_keep_probabilities(in_serverapp) -> None:
+    from fedreid.protocol import PROBS
+    from fedreid.utils import fedpm, signcode
+
+    s = HideNseek(
+        w0=torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False)),
+        mask_mode="fedpm",
+        upload_coding="auto",
+        fedpm_prior=1.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+    )
+    p0 = fedpm.encode_probs(np.full(10, 0.7), 8)
+    arrays = ArrayRecord({PROBS: Array(p0), MASK: Array(pack_bits(MASK16))})
+    out = list(s.configure_train(1, arrays, ConfigRecord(), _Grid()))
+    assert set(out[0].content["arrays"].keys()) == {PROBS, MASK}
+    ref = fedpm.reference_bits(p0)
+    a = np.array([T] * 5 + [F] * 5)
+    b = np.array([T] * 10)
+    replies = [
+        train_reply(1, {SIGNS: signcode.encode(a, ref)}, {"train_loss": 1.0}, 30),
+        train_reply(2, {SIGNS: signcode.encode(b, ref)}, {"train_loss": 1.0}, 10),
+    ]
+    new, _ = s.aggregate_train(1, replies)
+    got = fedpm.decode_probs(new[PROBS].numpy())
+    # weighted mean 1.0 / 0.25, smoothed with Beta(1, 1) over K = 2 clients: (2 m + 1) / 4
+    expected = np.array([0.75] * 5 + [0.375] * 5)
+    np.testing.assert_allclose(got, np.rint(expected * 255) / 255)
+    report = s.take_report()
+    assert report.server["flipped"] == pytest.approx(0.5) and report.server["ones"] == 0.5
+    assert 0 < report.server["p_entropy"] <= 1
+
+
+def test_options_are_checked_and_follow_the_shipped_config(in_serverapp) -> None:
+    from fedreid.protocol import CODING_KEY, CONFIG_KEY
+    from fedreid.strategies.hidenseek import options
+
+    w0 = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    with pytest.raises(ConfigError, match="mask_mode"):
+        HideNseek(w0=w0, mask_mode="ternary")
+    with pytest.raises(ConfigError, match="upload_coding"):
+        HideNseek(w0=w0, upload_coding="gzip")
+    cfg = compose(["strategy=hidenseek_fedpm", "strategy.keep_scores=true"], "classify")
+    with pytest.raises(ConfigError, match="keep_scores"):
+        options(cfg)
+    cfg = compose(["strategy=hidenseek", "strategy.binary_scope=some"], "classify")
+    with pytest.raises(ConfigError, match="binary_scope"):
+        options(cfg)
+    # built with packed uploads, the strategy follows the run config the clients get
+    s = HideNseek(w0=w0, min_train_nodes=1, min_available_nodes=1)
+    shipped = compose(["strategy=hidenseek", "strategy.upload_coding=auto"], "classify")
+    out = list(
+        s.configure_train(
+            1, _arrays(np.ones(10, bool)), ConfigRecord({CONFIG_KEY: shipped.to_json()}), _Grid()
+        )
+    )
+    assert s.options.upload_coding == "auto" and out[0].content["config"][CODING_KEY] == "auto"
+    built = HideNseek.from_config(shipped, w0)
+    assert built.options == s.options
+
+
+def test_binary_masks_prune_the_same_subnetwork_unless_scope_all() -> None:
+    base = ["strategy.synflow_iterations=3"]
+    sign = prune(compose(["strategy=hidenseek", *base], "classify"))
+    binary = prune(compose(["strategy=hidenseek_binary", *base], "classify"))
+    fedpm_p = prune(compose(["strategy=hidenseek_fedpm", *base], "classify"))
+    assert binary.mask_checksum == sign.mask_checksum == fedpm_p.mask_checksum
+    dense = prune(
+        compose(["strategy=hidenseek_binary", "strategy.binary_scope=all", *base], "classify")
+    )
+    assert dense.n_surviving == dense.n_maskable > 10 * sign.n_surviving
+    arrays, _ = initial_arrays(compose(["strategy=hidenseek_fedpm", *base], "classify"))
+    assert set(arrays.keys()) == {"probs", MASK}
+    assert arrays["probs"].numpy().dtype == np.uint8  # sigmoid(1) = 0.731 -> 186
+    assert set(arrays["probs"].numpy().tolist()) == {186}

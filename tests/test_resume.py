@@ -56,6 +56,11 @@ def make_cfg(root: Path, out: Path, rounds: int, resume: bool = False) -> Config
     return cfg
 
 
+def newest_head(client_dir: Path) -> Path:
+    """The client's head of the latest round (state is versioned per round)."""
+    return max(client_dir.rglob("head@*.pt"), key=lambda p: int(p.stem.split("@")[1]))
+
+
 def simulate(cfg: Config) -> dict:
     from fedreid.simulation import simulate as run
 
@@ -77,7 +82,7 @@ def test_resume_matches_uninterrupted(
     assert [r["round"] for r in first["rounds"]] == [1, 2]
     ckpt = torch.load(part_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["round"] == 2
-    heads = sorted(p.parent.parent.name for p in (part_dir / "clients").rglob("head@*.pt"))
+    heads = sorted({p.parent.parent.name for p in (part_dir / "clients").rglob("head@*.pt")})
     assert heads == ["cuhk03", "market1501"], "client heads persist in the run folder"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fedreid"):
@@ -117,8 +122,8 @@ def test_resume_matches_uninterrupted(
         else:
             assert torch.equal(t, u), key
     for name in ("market1501", "cuhk03"):  # the clients' private heads too
-        h_full = torch.load(max((tmp_path / "full" / "clients" / name).rglob("head@*.pt")))
-        h_res = torch.load(max((part_dir / "clients" / name).rglob("head@*.pt")))
+        h_full = torch.load(newest_head(tmp_path / "full" / "clients" / name))
+        h_res = torch.load(newest_head(part_dir / "clients" / name))
         assert set(h_full) == set(h_res)
         for key, t in h_full.items():
             assert torch.allclose(t, h_res[key], rtol=1e-4, atol=1e-5), f"{name} head {key}"

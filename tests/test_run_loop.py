@@ -4,6 +4,7 @@ evaluate_fn, timings, and exact resume of a stateful Flower strategy (FedAdam)."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def test_a_node_claiming_a_taken_name_is_rejected(tmp_path: Path, caplog) -> Non
 def test_num_examples_is_pinned_per_node(tmp_path: Path, caplog) -> None:
     clients = {1: named_client("a", 1.0), 2: named_client("b", 1.0, sizes=[10, 10**7])}
     run = run_clients(tmp_path, clients, rounds=2)
-    assert any("num-examples 10000000 in train, it said 10 before" in m for m in caplog.messages)
+    assert any("num-examples 10000000 in train, expected 10" in m for m in caplog.messages)
     rounds = {r["round"]: r for r in run.recorder.rounds}
     assert rounds[2]["server"]["excluded"] == 1
     assert "train_loss" not in rounds[2]["clients"]["b"]  # its evaluation still counts
@@ -251,3 +252,46 @@ def test_scaled_update_fails_the_norm_screen(tmp_path: Path, caplog) -> None:
     server = run.recorder.rounds[0]["server"]
     assert server["excluded"] == 1
     assert run.recorder.rounds[0]["clients"]["c1"]["update_norm"] == pytest.approx(3**0.5)
+
+
+class FlakyGrid(LocalGrid):
+    """Node 2 is offline in round 1 (a dead SuperNode) and back from round 2."""
+
+    def __init__(self, clients: dict[int, Client]) -> None:
+        super().__init__(clients)
+        self.round = 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [1] if self.round == 1 else [1, 2]
+
+
+def test_a_missing_node_is_waited_for_boundedly_then_rejoins(tmp_path: Path, caplog) -> None:
+    grid = FlakyGrid({1: step_client(1.0), 2: step_client(3.0)})
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+    settings = LoopSettings(num_rounds=2, node_wait_s=0.5)
+    run = RunLoop(strategy, grid, RunRecorder(tmp_path, {}), settings)
+    original = run.round
+
+    def counted(rnd: int) -> None:
+        grid.round = rnd
+        original(rnd)
+
+    run.round = counted
+    started = time.time()
+    final = run.run(initial)
+    assert time.time() - started < 30  # Flower's own sampling would wait forever
+    rounds = {r["round"]: r for r in run.recorder.rounds}
+    assert rounds[1]["server"]["missing_nodes"] == 1 and set(rounds[1]["clients"]) == {"c1"}
+    assert set(rounds[2]["clients"]) == {"c1", "c2"} and "missing_nodes" not in rounds[2]["server"]
+    np.testing.assert_allclose(final["w"].numpy(), [1.0 + 2.0] * 3)  # +1, then mean(+1, +3)
+    assert any("1 of 2 nodes online" in m for m in caplog.messages)
+
+
+def test_num_examples_is_pinned_to_the_scenarios_count_from_round_one(tmp_path: Path, caplog):
+    clients = {1: named_client("a", 1.0), 2: named_client("b", 1.0, sizes=[10**7])}
+    strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    settings = LoopSettings(num_rounds=1, known_examples={"a": 10, "b": 10})
+    run = RunLoop(strategy, LocalGrid(clients), RunRecorder(tmp_path, {}), settings)
+    run.run(initial)
+    assert any("b: num-examples 10000000 in train, expected 10" in m for m in caplog.messages)
+    assert "train_loss" not in run.recorder.rounds[0]["clients"]["b"]

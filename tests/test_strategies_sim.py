@@ -1,6 +1,6 @@
 """Each FedPav variant and local training, two rounds end to end on Flower's simulation engine.
 
-Slow-ish (Ray starts once per run, about 30 s each), so the runs are as small as they can be:
+All four run inside one Flower simulation (one Ray start), as small as they can be:
 the tiny synthetic preset, one batch per client per round, one distillation batch.
 """
 
@@ -15,7 +15,6 @@ import pytest
 from fedreid import compare
 from fedreid.config import compose
 from fedreid.errors import ConfigError
-from fedreid.simulation import simulate
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +24,14 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0, progress=False)
 
 
-@pytest.mark.parametrize("strategy", ["fedpav_cdw", "fedpav_kd", "fedpav_cdw_kd", "local"])
-def test_two_rounds(strategy: str, tiny_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / strategy
-    cfg = compose(
+STRATEGIES = ["fedpav_cdw", "fedpav_kd", "fedpav_cdw_kd", "local"]
+
+
+def strategy_cfg(strategy: str, root: Path, out: Path):
+    return compose(
         [
             "data=tiny",
-            f"data.root={tiny_root}",
+            f"data.root={root}",
             "num_rounds=2",
             "eval_every=1",
             "data.height=64",
@@ -44,7 +44,23 @@ def test_two_rounds(strategy: str, tiny_root: Path, tmp_path: Path) -> None:
             f"output_dir={out}",
         ]
     )
-    simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def strategy_runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All four methods, two rounds each, in one Flower simulation (one Ray start)."""
+    from fedreid.simulation import simulate_many
+
+    base = tmp_path_factory.mktemp("strategies")
+    outcome = simulate_many([strategy_cfg(s, tiny_root, base / s) for s in STRATEGIES])
+    assert set(outcome.values()) == {"finished"}, outcome
+    return base
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_rounds(strategy: str, strategy_runs: Path, tiny_root: Path) -> None:
+    out = strategy_runs / strategy
+    cfg = strategy_cfg(strategy, tiny_root, out)
 
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished"
@@ -78,7 +94,9 @@ def test_two_rounds(strategy: str, tiny_root: Path, tmp_path: Path) -> None:
                 for n, m in r["clients"].items():
                     assert m["agg_weight"] == pytest.approx(d[n] / sum(d.values()))
     if strategy == "local":
-        assert all(m["bytes_up"] == 0 for r in rounds.values() for m in r["clients"].values())
+        assert all(
+            m["bytes_up_arrays"] == 0 for r in rounds.values() for m in r["clients"].values()
+        )
 
 
 # -- the comparison report, on hand-made results ---------------------------------------------------

@@ -226,3 +226,63 @@ def test_conv4_shapes() -> None:
     assert Conv4(1, 7, (28, 12))(torch.zeros(1, 1, 28, 12)).shape == (1, 7)
     with pytest.raises(ConfigError):
         Conv4(3, 10, 30)
+
+
+# -- FedPM mode and the confidence-preserving start ------------------------------------------------
+def test_fedpm_train_draws_eval_is_the_most_likely_mask() -> None:
+    from fedreid.models.supermask import sample_bits, set_probs
+
+    torch.manual_seed(0)
+    w0 = torch.randn(40, 50)
+    layer = MaskedLinear(w0, None, torch.ones_like(w0, dtype=torch.bool), mode="fedpm")
+    model = nn.Sequential(layer)
+    p = torch.rand(w0.numel())
+    set_probs(model, {"0.weight": p})
+    assert torch.allclose(layer.probs(), p.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+    layer.train()
+    w = layer.effective_weight()
+    assert bool(((w == 0) | (w == w0)).all())  # every entry dropped or kept whole
+    layer.eval()
+    assert torch.equal(layer.effective_weight(), torch.where(p.view_as(w0) >= 0.5, w0, 0.0))
+    # to_dense uses the most likely mask even in train mode
+    layer.train()
+    dense = to_dense(model)
+    assert torch.equal(dense[0].weight, torch.where(p.view_as(w0) >= 0.5, w0, 0.0))
+    # one upload draw: Bernoulli(p), reproducible with a seeded generator
+    draws = torch.stack(
+        [sample_bits(model, torch.Generator().manual_seed(s))["0.weight"] for s in range(300)]
+    )
+    assert (draws.float().mean(0) - p).abs().max() < 0.15
+    again = sample_bits(model, torch.Generator().manual_seed(0))["0.weight"]
+    assert torch.equal(again, draws[0])
+
+
+def test_fedpm_gradient_is_straight_through_with_the_sigmoid_slope() -> None:
+    w0 = torch.tensor([[2.0, -1.0]])
+    layer = MaskedLinear(w0, None, mode="fedpm", magnitude=0.5)
+    with torch.no_grad():
+        layer.scores.copy_(torch.tensor([[0.0, 1.0]]))
+    layer.train()
+    x = torch.tensor([[1.0, 3.0]])
+    layer(x).sum().backward()
+    p = torch.sigmoid(torch.tensor([0.0, 2.0]))  # scores / scale
+    expected = x[0] * w0[0] * 4 * p * (1 - p)
+    assert torch.allclose(layer.scores.grad[0], expected)
+
+
+def test_keep_scores_start_takes_signs_from_the_vote_and_magnitudes_from_the_client() -> None:
+    from fedreid.models.supermask import get_scores, set_signed_scores
+
+    layer = _tiny()
+    model = nn.Sequential(layer)
+    own = get_scores(model)  # surviving positions: -0.3, 0.7, 0.4, -0.1
+    assert own["0.weight"].tolist() == pytest.approx([-0.3, 0.7, 0.4, -0.1])
+    vote = {"0.weight": torch.tensor([True, False, False, True])}
+    set_signed_scores(model, vote, own)
+    assert get_scores(model)["0.weight"].tolist() == pytest.approx([0.3, -0.7, -0.4, 0.1])
+    assert get_signs(model)["0.weight"].tolist() == [True, False, False, True]
+    # a zero magnitude keeps the vote's bit through the sign of zero
+    set_signed_scores(model, vote, {"0.weight": torch.zeros(4)})
+    assert get_signs(model)["0.weight"].tolist() == [True, False, False, True]
+    with pytest.raises(UpdateError, match="stored scores"):
+        set_signed_scores(model, vote, {"0.weight": torch.zeros(3)})

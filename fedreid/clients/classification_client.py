@@ -12,8 +12,10 @@ on the client's held-out split):
 
 Models (:func:`classification_model`, seeded with the run's ``seed`` so server and clients
 build identical ``w0``): ``conv4`` (:class:`~fedreid.models.convnet.Conv4`, bias-free, no
-BatchNorm; works at the digits' native 8x8) or ``resnet18`` (torchvision's, with the CIFAR
-stem: 3x3 stride-1 first conv and no max-pool, so small images keep their resolution).
+BatchNorm; works at 28x28 and at the digits' native 8x8), ``conv6``
+(:class:`~fedreid.models.convnet.Conv6`, for 32x32 input) or ``resnet18`` (torchvision's,
+with the CIFAR stem: 3x3 stride-1 first conv and no max-pool, so small images keep their
+resolution).
 
 Optimiser: SGD with the run's momentum, Nesterov and weight decay; dense training at
 ``classification.lr``, scores at ``strategy.score_lr``. Batch size
@@ -184,11 +186,12 @@ class HideNseekClassificationClient(_Base):
         server_round: int,
         evaluate_local: bool = False,
     ) -> FitResult:
-        """Train the scores from the global signs; return their packed bits only."""
+        """Train the scores from the global signs (or FedPM probabilities); return the upload."""
         model = self.build_model(received)
+        seed = self.protocol.seed_draws(server_round)
         metrics = self._train(model, score_optimizer(model, self.cfg, []), server_round)
         self.protocol.save_bn(model)
-        upload, flips = self.protocol.upload(model)
+        upload, flips = self.protocol.upload(model, seed)
         metrics.update(flips)
         if evaluate_local:
             metrics.update(self._evaluate(to_dense(model), "local_"))

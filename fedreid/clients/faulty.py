@@ -21,6 +21,17 @@ Kinds (the server must exclude the reply with a logged reason, or time it out):
 ``num_examples`` the reply claims ``-num_examples`` training images (impossible)
 ============== ================================================================================
 
+Attacks that stay within valid shapes and dtypes (a hostile site, not a broken one), with
+``u = trained - received`` the honest update:
+
+==================== ==========================================================================
+``scale``            sends ``received + 1e3 * u`` (a boosted update)
+``negate``           sends ``received - 10 * u`` (reverses and boosts the step)
+``signflip``         sends ``received - sign(u) * |u|.mean()`` per tensor
+``inflate_cdw``      reports ``cdw_distance = 1e9`` (CDW weights by it)
+``inflate_examples`` reports ``num-examples = 10**7`` (sample-count weights)
+==================== ==========================================================================
+
 ``fault.phase`` picks the message type: ``train`` (default), ``evaluate`` or ``both``. In
 evaluation replies (no tensors are uploaded) ``raise`` and ``timeout`` act as above and ``nan``
 makes every ranking metric NaN; the other kinds do nothing there.
@@ -125,6 +136,8 @@ class FaultyClient:
             return self.inner.fit(shared, server_round, evaluate_local=evaluate_local)
         self._before("train")
         result = self.inner.fit(shared, server_round, evaluate_local=evaluate_local)
+        if self.kind in ATTACKS:
+            return attack(result, shared, self.kind)
         if self.kind == "num_examples":
             return replace(result, num_examples=-max(1, int(result.num_examples)))
         if hasattr(result, "shared"):
@@ -149,6 +162,34 @@ class FaultyClient:
         if self.kind == "nan":
             return {k: float("nan") for k in metrics}
         return metrics
+
+
+ATTACKS = ("scale", "negate", "signflip", "inflate_cdw", "inflate_examples")
+
+
+def attack(result: Any, received: dict[str, torch.Tensor] | None, kind: str) -> Any:
+    """A hostile reply of valid shape: the update scaled, reversed or sign-flipped, or an
+    inflated aggregation weight (see the module docstring)."""
+    if kind == "inflate_cdw":
+        return replace(result, metrics={**result.metrics, "cdw_distance": 1e9})
+    if kind == "inflate_examples":
+        return replace(result, num_examples=10**7)
+    if not hasattr(result, "shared") or not received:
+        return result
+    out = {}
+    for key, value in result.shared.items():
+        base = received[key].to(value.dtype)
+        if not value.is_floating_point():
+            out[key] = value
+            continue
+        update = value - base
+        if kind == "scale":
+            out[key] = base + 1e3 * update
+        elif kind == "negate":
+            out[key] = base - 10.0 * update
+        else:  # signflip
+            out[key] = base - torch.sign(update) * update.abs().mean()
+    return replace(result, shared=out)
 
 
 def corrupt(tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:

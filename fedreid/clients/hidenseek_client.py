@@ -13,7 +13,15 @@ The client end of the protocol in :mod:`fedreid.strategies.hidenseek`:
 * **Scores** (the only trained shared parameters) start each round from the global signs:
   ``+/-magnitude`` (``strategy.score_magnitude``; 0 = each layer's mean ``|w0|``), are trained
   with SGD at ``strategy.score_lr`` through the straight-through sign, and only their sign
-  bits go back (``ceil(n_surviving / 8)`` bytes).
+  bits go back. With ``strategy.keep_scores=true`` (confidence-preserving) a client keeps its
+  own score magnitudes between rounds (``hidenseek_scores`` in its state) and takes only the
+  signs from the vote; the downlink stays 1 bit per weight. ``mask_mode=fedpm`` starts from
+  ``scale * logit(p)`` of the global keep-probabilities and uploads one Bernoulli draw (seeded
+  by the run seed, the round and the client's name).
+* **The upload** is coded as the server announces (:data:`~fedreid.protocol.CODING_KEY`):
+  ``auto`` = :func:`fedreid.utils.signcode.encode` of the bits against the bits received
+  (``fedpm``: ``p >= 0.5``), raw or XOR-coded, whichever is smaller; ``packed`` (or no key:
+  an older server) = the packed bits, ``ceil(n_surviving / 8)`` bytes.
 * **Local parts** (``bn_policy=local``, the only policy HideNseek accepts): BatchNorm running
   statistics are the client's own (saved under ``hidenseek_bn`` after training, loaded before
   training and evaluation); BatchNorm affine parameters stay frozen at their seeded values;
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,14 +54,20 @@ from fedreid.models.builder import seeded_reid_model
 from fedreid.models.reid import HEAD_PREFIX, head_state, is_bn_buffer
 from fedreid.models.supermask import (
     convert_to_supermask,
+    get_scores,
     get_signs,
     mask_parameters,
+    sample_bits,
+    set_probs,
+    set_signed_scores,
     set_signs,
     to_dense,
 )
 from fedreid.protocol import (
+    CODING_KEY,
     MASK,
     MASK_KEY,
+    PROBS,
     SIGNS,
     W0_KEY,
     frozen_state,
@@ -61,12 +76,28 @@ from fedreid.protocol import (
     signs_layout,
 )
 from fedreid.training import make_optimizer, resolve_device, train_epochs, train_loader
-from fedreid.utils.bitpack import checksum, pack_tensors, unpack_tensors
+from fedreid.utils import fedpm, signcode
+from fedreid.utils.bitpack import Layout, checksum, pack_bits, unpack_tensors
 
 log = logging.getLogger(__name__)
 
 MASK_STATE = "hidenseek_mask"
 BN_STATE = "hidenseek_bn"
+SCORES_STATE = "hidenseek_scores"
+
+
+def client_seed(seed: int, server_round: int, name: str) -> int:
+    """The seed of one client's random draws in one round (FedPM's Bernoulli masks)."""
+    return (round_seed(seed, server_round) * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+
+
+def _split(flat: np.ndarray, layout: Layout) -> dict[str, torch.Tensor]:
+    """A flat per-weight array cut into ``{name: 1-D tensor}`` by a signs layout."""
+    out, start = {}, 0
+    for name, (size,) in layout:
+        out[name] = torch.from_numpy(np.ascontiguousarray(flat[start : start + size]))
+        start += size
+    return out
 
 
 def _as_uint8(value: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -100,6 +131,19 @@ class SignProtocol:
         self.server_config = dict(server_config or {})
         self.order: list[str] = []
         self.received_bits: dict[str, torch.Tensor] = {}
+        self.reference: np.ndarray | None = None  # the flat bits received (XOR reference)
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.strategy.mask_mode
+
+    @property
+    def coding(self) -> str:
+        """How to code the upload: as the server says (``packed`` for a server that does not)."""
+        coding = self.server_config.get(CODING_KEY, "packed")
+        if coding not in ("packed", "auto"):
+            raise ConfigError(f"client {self.name}: unknown upload coding {coding!r}")
+        return str(coding)
 
     def _expect(self, key: str) -> str:
         value = self.server_config.get(key)
@@ -167,8 +211,9 @@ class SignProtocol:
             received: the message's arrays: ``signs`` and, once, ``mask``.
             trainable_prefixes: parameters left trainable besides the scores (the ReID head).
         """
-        if received is None or SIGNS not in received:
-            raise UpdateError(f"client {self.name}: the message carries no {SIGNS!r}")
+        key = PROBS if self.mode == "fedpm" else SIGNS
+        if received is None or key not in received:
+            raise UpdateError(f"client {self.name}: the message carries no {key!r}")
         self.verify_w0(model)
         layout = mask_layout(model)
         self.order = [n for n, _ in layout]
@@ -176,29 +221,82 @@ class SignProtocol:
         convert_to_supermask(
             model,
             masks,
-            self.cfg.strategy.mask_mode,
+            self.mode,
             magnitude=self.magnitude,
             train_bn=False,
             trainable_prefixes=trainable_prefixes,
         )
-        self.received_bits = unpack_tensors(
-            _as_uint8(received[SIGNS]), signs_layout(masks, self.order)
-        )
-        set_signs(model, self.received_bits, self.magnitude)
+        slayout = signs_layout(masks, self.order)
+        if self.mode == "fedpm":
+            self._load_probs(model, received[PROBS], slayout)
+        else:
+            self.received_bits = unpack_tensors(_as_uint8(received[SIGNS]), slayout)
+            self.reference = np.concatenate(
+                [self.received_bits[k].numpy() for k in self.order] or [np.zeros(0, bool)]
+            )
+            own = self.state.load(SCORES_STATE) if self._keeps_scores() else None
+            if own is not None and self._fits(own, slayout):
+                set_signed_scores(model, self.received_bits, own)
+            else:
+                set_signs(model, self.received_bits, self.magnitude)
         bn = self.state.load(BN_STATE)
         if bn is not None:
             model.load_state_dict(bn, strict=False)
         return model
 
-    def upload(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """The packed sign bits (the whole upload) and how many of them this client flipped."""
-        signs = get_signs(model)
-        packed, _ = pack_tensors(signs, self.order)
-        n = sum(int(v.numel()) for v in signs.values())
-        changed = sum(
-            int((signs[k] != self.received_bits[k]).sum()) for k in self.order if self.received_bits
+    def seed_draws(self, server_round: int) -> int:
+        """Seed this round's random draws (FedPM's masks in training); returns the seed."""
+        seed = client_seed(self.cfg.seed, server_round, self.name)
+        if self.mode == "fedpm":
+            torch.manual_seed(seed)
+        return seed
+
+    def _keeps_scores(self) -> bool:
+        return bool(self.cfg.strategy.keep_scores) and self.state.phase == "train"
+
+    def _fits(self, own: Mapping[str, torch.Tensor], slayout: Layout) -> bool:
+        ok = set(own) == {n for n, _ in slayout} and all(
+            own[n].numel() == shape[0] for n, shape in slayout
         )
-        return {SIGNS: torch.from_numpy(packed)}, {"local_flipped": changed / max(n, 1)}
+        if not ok:
+            log.warning("client %s: stored scores do not fit the mask; reset them", self.name)
+        return ok
+
+    def _load_probs(self, model: nn.Module, value: Any, slayout: Layout) -> None:
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        n = sum(shape[0] for _, shape in slayout)
+        if arr.ndim != 1 or arr.size != n:
+            raise UpdateError(
+                f"client {self.name}: {arr.size} keep-probabilities for {n} surviving weights"
+            )
+        p = fedpm.decode_probs(arr)
+        set_probs(model, _split(p, slayout), self.magnitude)
+        self.reference = fedpm.reference_bits(arr)
+        self.received_bits = _split(self.reference, slayout)
+
+    def upload(
+        self, model: nn.Module, seed: int = 0
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The upload (the bits, coded as the server asks) and how many bits this client flipped.
+
+        Args:
+            model: the trained supermask model.
+            seed: FedPM's draw (:func:`client_seed`); unused by sign and binary masks.
+        """
+        if self.mode == "fedpm":
+            bits = sample_bits(model, torch.Generator().manual_seed(seed))
+        else:
+            bits = get_signs(model)
+        flat = np.concatenate([bits[k].numpy() for k in self.order] or [np.zeros(0, bool)])
+        n = flat.size
+        changed = int(np.count_nonzero(flat != self.reference)) if self.reference is not None else 0
+        if self._keeps_scores():
+            self.state.save(SCORES_STATE, get_scores(model))
+        if self.coding == "auto":
+            payload = signcode.encode(flat, self.reference)
+        else:
+            payload = pack_bits(flat)
+        return {SIGNS: torch.from_numpy(payload)}, {"local_flipped": changed / max(n, 1)}
 
     def save_bn(self, model: nn.Module) -> None:
         """Keep this client's BatchNorm running statistics (none for bias/BN-free nets)."""
@@ -219,7 +317,8 @@ def score_optimizer(
 
 
 def global_model(cfg: Config, model: nn.Module, signs: np.ndarray, mask: np.ndarray) -> nn.Module:
-    """The dense global model from the seeded ``model``, a packed mask and packed signs (export).
+    """The dense global model from the seeded ``model``, a packed mask and the global array
+    (export): packed signs, or FedPM's keep-probabilities (then the most likely mask is used).
 
     BatchNorm running statistics are the seeded ones (each client has its own).
     """
@@ -230,7 +329,8 @@ def global_model(cfg: Config, model: nn.Module, signs: np.ndarray, mask: np.ndar
         ClientState(None, None),
         {W0_KEY: checksum(frozen_state(model)), MASK_KEY: checksum(masks)},
     )
-    model = protocol.build(model, {SIGNS: torch.from_numpy(signs), MASK: torch.from_numpy(mask)})
+    key = PROBS if cfg.strategy.mask_mode == "fedpm" else SIGNS
+    model = protocol.build(model, {key: torch.from_numpy(signs), MASK: torch.from_numpy(mask)})
     return to_dense(model)
 
 
@@ -284,10 +384,11 @@ class HideNseekClient:
             self.dataset.train, self.cfg.data, seed=round_seed(self.cfg.seed, server_round)
         )
         optimizer = score_optimizer(model, self.cfg, list(model.classifier.parameters()))
+        seed = self.protocol.seed_draws(server_round)
         metrics = train_epochs(model, loader, optimizer, self.cfg.train, self.device)
         self.state.save("head", head_state(model))
         self.protocol.save_bn(model)
-        upload, flips = self.protocol.upload(model)
+        upload, flips = self.protocol.upload(model, seed)
         metrics.update(flips)
         if evaluate_local:
             metrics.update(

@@ -45,7 +45,7 @@ def check(overrides: Sequence[str], config_name: str = "config") -> list[ClientR
 
     Args:
         overrides: hydra overrides, as for ``run_simulation.py`` (``data=by_camera``, ...).
-        config_name: the primary config in ``conf/``.
+        config_name: the primary config in ``fedreid/conf/``.
 
     Returns:
         One :class:`ClientRow` per client, in partition-id order.
@@ -141,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="load every client of the configured scenario and print a per-client table",
-        description="Compose conf/ with the given hydra overrides, generate synthetic data "
+        description="Compose fedreid/conf/ with the given hydra overrides, generate synthetic data "
         "if needed, load every client and print its counts. Exit code 2 on any problem.",
     )
     p.add_argument(
-        "--config-name", default="config", help="primary config in conf/ (default: config)"
+        "--config-name", default="config", help="primary config in fedreid/conf/ (default: config)"
     )
     p.add_argument(
         "overrides",

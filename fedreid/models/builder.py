@@ -12,10 +12,10 @@ from torch import nn
 from fedreid.config import Config, ModelConfig
 from fedreid.data.classification import dataset_info
 from fedreid.errors import ConfigError
-from fedreid.models.convnet import Conv4
+from fedreid.models.convnet import Conv4, Conv6
 from fedreid.models.reid import ReIDNet
 
-CLASSIFICATION_MODELS = ("conv4", "resnet18")
+CLASSIFICATION_MODELS = ("conv4", "conv6", "resnet18")
 
 
 def reid_model(m: ModelConfig, num_classes: int = 0, *, pretrained: bool = False) -> ReIDNet:
@@ -50,6 +50,8 @@ def classification_model(cfg: Config) -> nn.Module:
     torch.manual_seed(cfg.seed)
     if c.model == "conv4":
         return Conv4(info.channels, info.num_classes, info.image_size)
+    if c.model == "conv6":
+        return Conv6(info.channels, info.num_classes, info.image_size)
     if c.model == "resnet18":
         from torchvision.models import resnet18
 

@@ -6,7 +6,14 @@ effective weight is
 
 * ``mode="sign"`` (HideNseek): ``w0 * mask * sign(scores)``;
 * ``mode="binary"`` (FedMask-style baseline): ``w0 * mask * [scores >= 0]``, a learned {0, 1}
-  mask; used with an all-ones pruning mask, i.e. over ALL weights.
+  mask, on the same SynFlow subnetwork as HideNseek (``strategy.binary_scope=pruned``) or with
+  an all-ones pruning mask over ALL weights (``binary_scope=all``);
+* ``mode="fedpm"`` (FedPM-style probabilistic mask): keep-probability
+  ``p = sigmoid(scores / scale)``; in training mode every forward pass draws
+  ``m ~ Bernoulli(p)`` and computes ``w0 * mask * m``; in eval mode the most likely mask
+  ``[p >= 0.5]`` (= ``[scores >= 0]``, binary mode's mask) is used, so evaluation is
+  deterministic. ``scale`` is the score magnitude (the layer's mean ``|w0|`` by default), so
+  scores live on the same scale in all three modes and one ``score_lr`` suits them all.
 
 Decisions:
 
@@ -15,9 +22,13 @@ Decisions:
   and, for binary mode, kept iff ``sigmoid(s) >= 0.5`` (up to the sign of zero). The forward
   and :func:`get_signs` read the same bit, so the uploaded bits are exactly the trained signs.
 * Straight-through estimator: the sign / step is treated as the identity in the backward pass,
-  so ``d weight / d scores = w0 * mask`` in both modes. It is NOT clipped to ``|s| <= 1``:
-  clipping would stop the gradient of a score that overshot and freeze its sign for good,
-  while every surviving sign must stay trainable; pruned positions get zero gradient anyway.
+  so ``d weight / d scores = w0 * mask`` in sign and binary modes. FedPM's estimator treats the
+  Bernoulli draw as the identity and keeps the sigmoid's slope: ``d weight / d scores =
+  w0 * mask * 4 p (1 - p)``, FedPM's ``sigmoid'`` scaled so that it equals binary mode's at
+  ``p = 0.5`` (a per-layer learning-rate factor ``4 * scale``, which keeps one ``score_lr``).
+  The estimator is NOT clipped to ``|s| <= 1``: clipping would stop the gradient of a score
+  that overshot and freeze its sign for good, while every surviving sign must stay
+  trainable; pruned positions get zero gradient anyway.
 * ``w0 * mask`` is cached as one non-persistent buffer ``w0m`` so the forward costs one
   ``torch.where`` per layer; it is rebuilt on ``load_state_dict`` and by :meth:`refresh`.
 * Initial scores are ``+magnitude`` everywhere, so a fresh layer computes exactly
@@ -43,8 +54,10 @@ from torch import nn
 from fedreid.errors import ConfigError, UpdateError
 from fedreid.models.synflow import default_include
 
-Mode = Literal["sign", "binary"]
-MODES = ("sign", "binary")
+Mode = Literal["sign", "binary", "fedpm"]
+MODES = ("sign", "binary", "fedpm")
+PROB_EPS = 1e-3
+"""FedPM: keep-probabilities are clipped to ``[PROB_EPS, 1 - PROB_EPS]`` before the logit."""
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -67,6 +80,23 @@ class _MaskedWeight(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (w0m,) = ctx.saved_tensors
         return grad * w0m, None, None
+
+
+class _SampledMask(torch.autograd.Function):
+    """FedPM: ``w0m * Bernoulli(p)``, ``p = sigmoid(scores / scale)``; backward
+    ``grad * w0m * 4 p (1 - p)`` (straight through the draw, the sigmoid's slope kept)."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, w0m: torch.Tensor, scale: float) -> torch.Tensor:
+        p = torch.sigmoid(scores / scale)
+        ctx.save_for_backward(w0m, p)
+        keep = torch.rand_like(p) < p
+        return torch.where(keep, w0m, torch.zeros((), dtype=w0m.dtype, device=w0m.device))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        w0m, p = ctx.saved_tensors
+        return grad * w0m * (4.0 * p * (1.0 - p)), None, None
 
 
 class MaskedLayer(nn.Module):
@@ -104,6 +134,7 @@ class MaskedLayer(nn.Module):
         self.register_buffer("w0m", torch.empty(0), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.scores = nn.Parameter(torch.empty_like(weight))
+        self.scale = 1.0  # FedPM: p = sigmoid(scores / scale); set with the magnitude
         self.refresh()
         self.reset_scores(magnitude)
 
@@ -120,22 +151,66 @@ class MaskedLayer(nn.Module):
     @torch.no_grad()
     def reset_scores(self, magnitude: float | None = None) -> None:
         """Set every score to ``+magnitude``: the layer then computes ``w0 * mask``."""
-        self.scores.fill_(self.default_magnitude() if magnitude is None else magnitude)
+        self.scale = self._magnitude(magnitude)
+        self.scores.fill_(self.scale)
+
+    def _magnitude(self, magnitude: float | None) -> float:
+        mag = self.default_magnitude() if magnitude is None else float(magnitude)
+        if mag <= 0:
+            raise ConfigError(f"score magnitude must be > 0, got {mag}")
+        return mag
 
     def effective_weight(self) -> torch.Tensor:
         """The effective weight, differentiable w.r.t. ``scores`` (straight-through)."""
+        if self.mode == "fedpm" and self.training:
+            return _SampledMask.apply(self.scores, self.w0m, self.scale)
+        return _MaskedWeight.apply(self.scores, self.w0m, self.mode == "sign")
+
+    def deterministic_weight(self) -> torch.Tensor:
+        """The effective weight with FedPM's most likely mask (never a random draw)."""
         return _MaskedWeight.apply(self.scores, self.w0m, self.mode == "sign")
 
     def bits(self) -> torch.Tensor:
-        """Score bits at the surviving positions, flattened: True = +1 (sign) / kept (binary)."""
+        """Score bits at the surviving positions, flattened: True = +1 (sign) / kept (binary,
+        and FedPM's most likely mask)."""
         return ~torch.signbit(self.scores.detach())[self.mask]
+
+    def probs(self) -> torch.Tensor:
+        """FedPM keep-probabilities ``sigmoid(scores / scale)`` at the surviving positions."""
+        return torch.sigmoid(self.scores.detach()[self.mask] / self.scale)
+
+    @torch.no_grad()
+    def sample_bits(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One Bernoulli draw of the FedPM mask at the surviving positions (the upload)."""
+        p = self.probs().cpu()
+        return torch.rand(p.shape, generator=generator, dtype=p.dtype) < p
+
+    @torch.no_grad()
+    def set_probs(self, probs: torch.Tensor, magnitude: float | None = None) -> None:
+        """FedPM: scores := ``scale * logit(p)`` (p clipped to ``[PROB_EPS, 1 - PROB_EPS]``)."""
+        self.scale = self._magnitude(magnitude)
+        p = probs.to(device=self.scores.device, dtype=torch.float64).flatten()
+        p = p.clamp(PROB_EPS, 1.0 - PROB_EPS)
+        self.scores.fill_(self.scale)
+        self.scores[self.mask] = (self.scale * torch.logit(p)).to(self.scores.dtype)
+
+    @torch.no_grad()
+    def set_signed(self, bits: torch.Tensor, magnitudes: torch.Tensor) -> None:
+        """Scores := ``copysign(|own score|, global sign)`` at the surviving positions.
+
+        The confidence-preserving protocol: a client keeps its score magnitudes and takes only
+        the signs from the vote (a magnitude of 0 keeps the bit through the sign of zero).
+        """
+        bits = bits.to(device=self.scores.device, dtype=torch.bool).flatten()
+        mags = magnitudes.to(device=self.scores.device, dtype=self.scores.dtype).abs().flatten()
+        signed = torch.where(bits, mags, -mags)
+        self.scores[self.mask] = signed
 
     @torch.no_grad()
     def set_bits(self, bits: torch.Tensor, magnitude: float | None = None) -> None:
         """Scores := ``+/-magnitude`` from ``bits`` at the surviving positions (+ elsewhere)."""
-        mag = self.default_magnitude() if magnitude is None else float(magnitude)
-        if mag <= 0:
-            raise ConfigError(f"score magnitude must be > 0, got {mag}")
+        mag = self._magnitude(magnitude)
+        self.scale = mag
         bits = bits.to(device=self.scores.device, dtype=torch.bool).flatten()
         self.scores.fill_(mag)
         self.scores[self.mask] = torch.where(bits, mag, -mag).to(self.scores.dtype)
@@ -402,6 +477,69 @@ def set_signs(
         mod.set_bits(bits, magnitude)
 
 
+def _matching_layers(
+    model: nn.Module, values: Mapping[str, torch.Tensor], what: str
+) -> dict[str, MaskedLayer]:
+    """The masked layers by ``"<layer>.weight"``; ``values`` must name each with one entry per
+    surviving weight."""
+    layers = {f"{name}.weight": mod for name, mod in masked_layers(model).items()}
+    if set(values) != set(layers):
+        missing = sorted(set(layers) - set(values))[:3]
+        extra = sorted(set(values) - set(layers))[:3]
+        raise UpdateError(f"{what} do not match the masked layers: missing {missing} extra {extra}")
+    for key, mod in layers.items():
+        if torch.as_tensor(values[key]).numel() != mod.num_surviving():
+            raise UpdateError(
+                f"{what} for {key}: {torch.as_tensor(values[key]).numel()} values, expected "
+                f"{mod.num_surviving()}"
+            )
+    return layers
+
+
+def get_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The real scores at the surviving positions (``{"<layer>.weight": 1-D float}``, CPU)."""
+    return {
+        f"{name}.weight": mod.scores.detach()[mod.mask].cpu().clone()
+        for name, mod in masked_layers(model).items()
+    }
+
+
+def set_signed_scores(
+    model: nn.Module, signs: Mapping[str, torch.Tensor], magnitudes: Mapping[str, torch.Tensor]
+) -> None:
+    """Confidence-preserving start: ``|magnitudes|`` with the signs of ``signs`` (bool).
+
+    Args:
+        model: a converted model.
+        signs: the global bits (:func:`get_signs`'s layout).
+        magnitudes: this client's own scores from its last round (:func:`get_scores`).
+    """
+    layers = _matching_layers(model, signs, "sign bits")
+    _matching_layers(model, magnitudes, "stored scores")
+    for key, mod in layers.items():
+        mod.set_signed(torch.as_tensor(signs[key]), torch.as_tensor(magnitudes[key]))
+
+
+def set_probs(
+    model: nn.Module, probs: Mapping[str, torch.Tensor], magnitude: float | None = None
+) -> None:
+    """FedPM: scores := ``scale * logit(p)`` from the global keep-probabilities (in [0, 1])."""
+    for key, mod in _matching_layers(model, probs, "keep-probabilities").items():
+        p = torch.as_tensor(probs[key])
+        if not torch.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+            raise UpdateError(f"keep-probabilities for {key} must lie in [0, 1]")
+        mod.set_probs(p, magnitude)
+
+
+def sample_bits(
+    model: nn.Module, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """FedPM's upload: one Bernoulli draw per surviving weight (:func:`get_signs`'s layout)."""
+    return {
+        f"{name}.weight": mod.sample_bits(generator) for name, mod in masked_layers(model).items()
+    }
+
+
 def count_surviving(model: nn.Module) -> int:
     """Weights the pruning masks keep, over all masked layers (= bits per upload)."""
     return sum(mod.num_surviving() for mod in masked_layers(model).values())
@@ -415,12 +553,13 @@ def count_maskable(model: nn.Module) -> int:
 def to_dense(model: nn.Module) -> nn.Module:
     """A deep copy with every masked layer replaced by a plain layer holding its effective weight.
 
-    Useful for evaluation and export: the copy runs at dense speed with no scores.
+    Useful for evaluation and export: the copy runs at dense speed with no scores. FedPM layers
+    contribute their most likely mask ``[p >= 0.5]``, so the copy is deterministic.
     """
     dense = copy.deepcopy(model)
     for name, mod in masked_layers(dense).items():
         with torch.no_grad():
-            weight = mod.effective_weight().detach().clone()
+            weight = mod.deterministic_weight().detach().clone()
         bias = mod.bias
         if isinstance(mod, MaskedConv2d):
             new: nn.Module = nn.Conv2d(

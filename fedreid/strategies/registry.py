@@ -301,12 +301,7 @@ def _local(cfg: Config, num_clients: int) -> Strategy:
 def _hidenseek(cfg: Config, num_clients: int) -> Strategy:
     from fedreid.strategies.hidenseek import HideNseek
 
-    return HideNseek(
-        w0=get_task(cfg).seeded_model(cfg),
-        mask_mode=cfg.strategy.mask_mode,
-        bn_policy=cfg.strategy.bn_policy,
-        **_sampling(num_clients),
-    )
+    return HideNseek.from_config(cfg, get_task(cfg).seeded_model(cfg), **_sampling(num_clients))
 
 
 def _dense_initial(cfg: Config) -> InitialArrays:
