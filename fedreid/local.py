@@ -20,7 +20,8 @@ from fedreid.config import Config
 from fedreid.data.scenarios import load_named
 from fedreid.errors import FedReIDError
 from fedreid.evaluation import evaluate_model
-from fedreid.models.reid import ReIDNet
+from fedreid.models.builder import reid_model
+from fedreid.protocol import round_seed
 from fedreid.training import make_optimizer, resolve_device, train_epochs, train_loader
 
 
@@ -29,15 +30,7 @@ def train_local(cfg: Config, root: Path, dataset: str, epochs: int, console: Con
     ds = load_named(dataset, root, cfg.data.source)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    model = ReIDNet(
-        ds.num_train_pids,
-        arch=m.arch,
-        pretrained=m.pretrained,
-        last_stride=m.last_stride,
-        embed_dim=m.embed_dim,
-        dropout=m.dropout,
-    ).to(device)
+    model = reid_model(cfg.model, ds.num_train_pids, pretrained=cfg.model.pretrained).to(device)
     optimizer = make_optimizer(model, cfg.train)
     console.print(f"{dataset}: {ds.summary()}")
     start = time.perf_counter()
@@ -52,7 +45,7 @@ def train_local(cfg: Config, root: Path, dataset: str, epochs: int, console: Con
     ) as progress:
         task = progress.add_task("epoch", total=epochs, loss=float("nan"))
         for epoch in range(epochs):
-            loader = train_loader(ds.train, cfg.data, seed=cfg.seed * 100_003 + epoch)
+            loader = train_loader(ds.train, cfg.data, seed=round_seed(cfg.seed, epoch))
             metrics = train_epochs(model, loader, optimizer, cfg.train, device)
             progress.update(
                 task,

@@ -27,15 +27,58 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
     ]
 
 
-class Conv4(nn.Module):
-    """Conv-64-64-pool-128-128-pool, then FC-256-256-classes; bias-free.
+class ConvNet(nn.Module):
+    """Blocks of two bias-free 3x3 convs (+ReLU) and a 2x2 pool, then FC-hidden-hidden-classes.
 
     Args:
         in_channels: input image channels (3 for CIFAR, 1 for MNIST-like data).
         num_classes: output classes.
         image_size: input height and width (an int for square images); both must be
-            divisible by 4 (two 2x2 pools).
+            divisible by ``2 ** len(widths)`` (one 2x2 pool per block).
+        widths: the channels of each block.
         hidden: width of the two hidden linear layers.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: int | tuple[int, int],
+        widths: tuple[int, ...],
+        hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        shrink = 2 ** len(widths)
+        if h % shrink or w % shrink or h <= 0 or w <= 0:
+            raise ConfigError(
+                f"{name} image_size must be positive multiples of {shrink}, got {(h, w)}"
+            )
+        if num_classes < 1:
+            raise ConfigError(f"{name} num_classes must be >= 1, got {num_classes}")
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True):
+            layers += _block(c_in, c_out)
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(
+            nn.Linear(widths[-1] * (h // shrink) * (w // shrink), hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes, bias=False),
+        )
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.fc(self.conv(x))
+
+
+class Conv4(ConvNet):
+    """Conv-64-64-pool-128-128-pool, then FC-256-256-classes; bias-free (sizes: multiples of 4).
 
     Examples:
         >>> net = Conv4(3, 10, 32)
@@ -50,49 +93,11 @@ class Conv4(nn.Module):
         image_size: int | tuple[int, int],
         hidden: int = 256,
     ) -> None:
-        super().__init__()
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        if h % 4 or w % 4 or h <= 0 or w <= 0:
-            raise ConfigError(f"Conv4 image_size must be positive multiples of 4, got {(h, w)}")
-        if num_classes < 1:
-            raise ConfigError(f"Conv4 num_classes must be >= 1, got {num_classes}")
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 128, 3, padding=1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.fc = nn.Sequential(
-            nn.Linear(128 * (h // 4) * (w // 4), hidden, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes, bias=False),
-        )
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits."""
-        return self.fc(self.conv(x))
+        super().__init__(in_channels, num_classes, image_size, (64, 128), hidden)
 
 
-class Conv6(nn.Module):
-    """Conv-64-64-pool-128-128-pool-256-256-pool, then FC-256-256-classes; bias-free.
-
-    Args:
-        in_channels: input image channels.
-        num_classes: output classes.
-        image_size: input height and width; both must be divisible by 8 (three pools).
-        hidden: width of the two hidden linear layers.
+class Conv6(ConvNet):
+    """Conv-64-64-pool-128-128-pool-256-256-pool, then FC-256-256-classes (multiples of 8).
 
     Examples:
         >>> net = Conv6(3, 10, 32)
@@ -107,26 +112,4 @@ class Conv6(nn.Module):
         image_size: int | tuple[int, int],
         hidden: int = 256,
     ) -> None:
-        super().__init__()
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        if h % 8 or w % 8 or h <= 0 or w <= 0:
-            raise ConfigError(f"Conv6 image_size must be positive multiples of 8, got {(h, w)}")
-        if num_classes < 1:
-            raise ConfigError(f"Conv6 num_classes must be >= 1, got {num_classes}")
-        self.conv = nn.Sequential(
-            *_block(in_channels, 64), *_block(64, 128), *_block(128, 256), nn.Flatten()
-        )
-        self.fc = nn.Sequential(
-            nn.Linear(256 * (h // 8) * (w // 8), hidden, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes, bias=False),
-        )
-        for mod in self.modules():
-            if isinstance(mod, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(mod.weight, mode="fan_in", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits."""
-        return self.fc(self.conv(x))
+        super().__init__(in_channels, num_classes, image_size, (64, 128, 256), hidden)
