@@ -134,14 +134,13 @@ def simulate_many(cfgs: list[Config]) -> dict[str, str]:
     from flwr.simulation import run_simulation
 
     from fedreid.client_app import app as client_app
-    from fedreid.server_app import prepare_output_dir, run_server
+    from fedreid.server_app import run_server
 
     counts = {prepare(cfg) for cfg in cfgs}
     if len(counts) != 1:
         raise FedReIDError(f"simulate_many needs one client count, got {sorted(counts)}")
-    for cfg in cfgs:
-        prepare_output_dir(cfg)
-        cfg.overwrite = True
+    # output folders are checked by run_server, run by run: a later config may resume from
+    # the checkpoint an earlier one writes
     outcome: dict[str, str] = {}
     server = ServerApp()
 
