@@ -409,6 +409,7 @@ class RunLoop:
 
     def _evaluate(self, rnd: int) -> None:
         if self.is_eval_round(rnd):
+            self.wait_for_nodes(rnd)  # a node may have died during training
             messages = list(
                 self.strategy.configure_evaluate(
                     rnd, self.handed(), self._config(rnd, False), self.grid
