@@ -55,6 +55,9 @@ Arrays = dict[str, np.ndarray]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 """Flower's server-side ``evaluate_fn(server_round, arrays)``."""
 
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+"""Key suffixes of BatchNorm running statistics (not weights: left out of the norm screen)."""
+
 STATE_ATTRS = ("current_arrays", "m_t", "v_t", "momentum_vector", "clipping_norm")
 """Attributes of Flower's strategies and wrappers that carry state from round to round
 (FedOpt's moments, FedAvgM's momentum, adaptive DP's clipping norm): checkpointed."""
@@ -501,34 +504,43 @@ class RunLoop:
     def _screen_norms(
         self, rnd: int, valid: list[ClientReply], sent: dict[int, Message]
     ) -> list[ClientReply]:
-        """Drop updates far larger than the round's median update (a scaled-up attack)."""
+        """Drop updates far larger than the round's median (a scaled-up attack).
+
+        The screened quantity is the update norm over the weights (BatchNorm running
+        statistics left out: they are not weights and move with the data) divided by the
+        client's (pinned) sample count: an honest client's update grows with the number of
+        local steps, so raw norms would single out the largest honest clients.
+        """
         factor = self.settings.norm_screen
         floating = [
             r for r in valid if r.arrays and all(a.dtype.kind == "f" for a in r.arrays.values())
         ]
         if factor <= 0 or len(floating) < 3:
             return valid
-        norms = {}
+        norms, scaled = {}, {}
         for r in floating:
             base = to_numpy(_array_record(sent[r.node_id])) if r.node_id in sent else {}
             total = 0.0
             for key, value in r.arrays.items():
+                if key.endswith(BN_STATISTICS):
+                    continue
                 diff = value.astype(np.float64) - base.get(key, 0.0)
                 total += float(np.dot(diff.ravel(), diff.ravel()))
             norms[r.node_id] = math.sqrt(total)
-        median = float(np.median(list(norms.values())))
+            scaled[r.node_id] = norms[r.node_id] / max(r.num_examples, 1)
+        median = float(np.median(list(scaled.values())))
         kept = []
         for r in valid:
-            norm = norms.get(r.node_id)
-            if norm is not None and median > 0 and norm > factor * median:
+            value = scaled.get(r.node_id)
+            if value is not None and median > 0 and value > factor * median:
                 self._exclude(
                     rnd,
-                    f"excluded reply: {r.name}: update norm {norm:.4g} > {factor:g} x the "
-                    f"round's median {median:.4g} (trust.norm_screen)",
+                    f"excluded reply: {r.name}: update norm per example {value:.4g} > "
+                    f"{factor:g} x the round's median {median:.4g} (trust.norm_screen)",
                 )
                 continue
-            if norm is not None:
-                self.recorder.client(rnd, r.name, {"update_norm": norm})
+            if value is not None:
+                self.recorder.client(rnd, r.name, {"update_norm": norms[r.node_id]})
             kept.append(r)
         return kept
 
