@@ -254,3 +254,15 @@ def test_check_command_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: market1501")
+
+
+def test_simulation_partitions_go_largest_training_set_first(tmp_path: Path) -> None:
+    """Partition 0 is the client with the most training images (the LPT schedule), and every
+    client is reached exactly once."""
+    from fedreid.clients.node import resolve_node
+
+    for name, ids in (("viper", 2), ("market1501", 6), ("cuhk01", 4)):
+        write_market(tmp_path / name, num_ids=ids)
+    cfg = compose([f"data.root={tmp_path}", "data.datasets=[viper,market1501,cuhk01]"])
+    names = [resolve_node({"partition-id": i}, cfg)[0].name for i in range(3)]
+    assert names == ["market1501", "cuhk01", "viper"]

@@ -1,6 +1,7 @@
 """Which client a node is, from Flower's ``node_config`` plus the shipped run config.
 
-Simulation: ``partition-id`` indexes :func:`fedreid.data.scenarios.client_specs`.
+Simulation: ``partition-id`` indexes :func:`work_order` of
+:func:`fedreid.data.scenarios.client_specs` (largest training set first).
 Deployment: the SuperNode names its data, e.g.
 ``--node-config "dataset='market1501' data-root='/data/reid' state-dir='/var/fedreid'"``
 (optional ``name``, ``source`` = synthetic|real).
@@ -36,7 +37,7 @@ def resolve_node(node_config: dict[str, Any], cfg: Config) -> tuple[ClientSpec, 
         state_dir = resolve_path(str(state)) / spec.name if state else None
         return spec, state_dir
     if "partition-id" in node_config:
-        specs = client_specs(cfg.data)
+        specs = work_order(client_specs(cfg.data))
         pid = int(node_config["partition-id"])
         if not 0 <= pid < len(specs):
             raise ConfigError(f"partition-id {pid} but the scenario has {len(specs)} clients")
@@ -46,6 +47,17 @@ def resolve_node(node_config: dict[str, Any], cfg: Config) -> tuple[ClientSpec, 
     raise ConfigError(
         "node_config has neither 'dataset' (deployment) nor 'partition-id' (simulation)"
     )
+
+
+def work_order(specs: list[ClientSpec]) -> list[ClientSpec]:
+    """The clients by training-set size, largest first (ties keep the scenario's order).
+
+    Flower's simulation engine queues a round's messages in partition-id order and its
+    workers take them first come, first served; starting the longest jobs first (the LPT
+    schedule) keeps a worker from idling while the largest client trains alone at the end
+    of the round. Results do not depend on it: replies are aggregated by client name.
+    """
+    return sorted(specs, key=lambda spec: -len(load_spec(spec).train))
 
 
 @lru_cache(maxsize=16)

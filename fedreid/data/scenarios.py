@@ -1,7 +1,8 @@
 """Which client owns which data: the FedReID scenarios, resolved from the config alone.
 
 A :class:`ClientSpec` names a client and says how to load its :class:`ReIDDataset`. The
-simulation maps ``partition-id`` to ``client_specs(cfg.data)[partition_id]``; a deployed
+simulation maps ``partition-id`` to these specs, largest training set first
+(:func:`fedreid.clients.node.work_order`); a deployed
 SuperNode names its dataset and data root in ``--node-config`` instead.
 """
 
@@ -112,7 +113,7 @@ def holdout_names(data: DataConfig) -> list[str]:
 
 
 def client_specs(data: DataConfig) -> list[ClientSpec]:
-    """All clients of the configured scenario, in partition-id order (``data.holdout`` left
+    """All clients of the configured scenario, in the scenario's order (``data.holdout`` left
     out)."""
     root = str(resolve_path(data.root))
     holdout = holdout_names(data)
