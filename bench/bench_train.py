@@ -23,6 +23,7 @@ Usage::
     python bench/bench_train.py --quick                 # about 2 minutes on one core
     python bench/bench_train.py                         # 3 warm-up + 3 x 10 steps per cell
     python bench/bench_train.py --archs resnet50 --sizes 256x128 --steps 20 --json out.json
+    python bench/bench_train.py --quick --memory-format both   # + channels_last, side by side
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from fedreid.training import (  # noqa: E402
 
 NUM_CLASSES = 751
 VARIANTS = {"fp32": "off", "bf16": "on"}
+# --memory-format both: the channels_last twins, timed in the same alternating blocks
+CL_VARIANTS = {"fp32_cl": "off", "bf16_cl": "on"}
 CPU = torch.device("cpu")
 
 
@@ -150,6 +153,8 @@ def bench_cell(args: argparse.Namespace, kind: str, arch: str, size: tuple[int, 
     """Median images/s per core of fp32 and bf16 for one (phase, arch, size) cell."""
     make = Trainer if kind == "train" else Extractor
     runners = {name: make(arch, amp, args.channels_last) for name, amp in VARIANTS.items()}
+    if args.memory_format == "both":
+        runners |= {name: make(arch, amp, True) for name, amp in CL_VARIANTS.items()}
     warm = make_batches(args.warmup, args.batch, *size)
     timed = make_batches(args.steps, args.batch, *size)
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -169,6 +174,11 @@ def bench_cell(args: argparse.Namespace, kind: str, arch: str, size: tuple[int, 
     out["bf16_over_fp32"] = (
         out["bf16"]["images_per_s_per_core"] / out["fp32"]["images_per_s_per_core"]
     )
+    if "bf16_cl" in out:
+        for amp in ("fp32", "bf16"):
+            out[f"{amp}_cl_over_nchw"] = (
+                out[f"{amp}_cl"]["images_per_s_per_core"] / out[amp]["images_per_s_per_core"]
+            )
     return out
 
 
@@ -183,6 +193,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating fp32/bf16 blocks")
     parser.add_argument("--phases", default="train,eval", help="train, eval or both")
     parser.add_argument("--channels-last", action="store_true", help="channels_last tensors")
+    parser.add_argument(
+        "--memory-format",
+        choices=("one", "both"),
+        default="one",
+        help="both: also time channels_last twins of fp32 and bf16 side by side",
+    )
     parser.add_argument("--quick", action="store_true", help="1 warm-up, 1 round of 3 steps")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -217,7 +233,12 @@ def main() -> None:
         "# images/s per core, median step; eval = flip-averaged extract_features "
         "(2 forward passes per image)"
     )
-    print(f"{'phase':<6} {'arch':<9} {'size':<8} {'fp32':>8} {'bf16':>8} {'bf16/fp32':>9}")
+    both = args.memory_format == "both"
+    extra = f" {'fp32_cl':>8} {'bf16_cl':>8} {'cl/nchw fp32':>12} {'cl/nchw bf16':>12}"
+    print(
+        f"{'phase':<6} {'arch':<9} {'size':<8} {'fp32':>8} {'bf16':>8} {'bf16/fp32':>9}"
+        + (extra if both else "")
+    )
     rows = []
     start = time.perf_counter()
     for arch in archs:
@@ -229,7 +250,14 @@ def main() -> None:
                     f"{phase:<6} {arch:<9} {row['size']:<8} "
                     f"{row['fp32']['images_per_s_per_core']:>8.2f} "
                     f"{row['bf16']['images_per_s_per_core']:>8.2f} "
-                    f"{row['bf16_over_fp32']:>8.2f}x",
+                    f"{row['bf16_over_fp32']:>8.2f}x"
+                    + (
+                        f" {row['fp32_cl']['images_per_s_per_core']:>8.2f}"
+                        f" {row['bf16_cl']['images_per_s_per_core']:>8.2f}"
+                        f" {row['fp32_cl_over_nchw']:>11.2f}x {row['bf16_cl_over_nchw']:>11.2f}x"
+                        if both
+                        else ""
+                    ),
                     flush=True,
                 )
     header["load_after"] = load()
