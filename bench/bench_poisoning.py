@@ -62,7 +62,11 @@ def runs(hostile: str) -> dict[str, list[str]]:
 
 
 def summarise(folder: Path, hostile: str) -> tuple[float, float, str]:
-    """(honest clients' mean final rank-1, global model norm, status)."""
+    """(honest clients' mean final rank-1, global model norm, outcome).
+
+    The outcome is the run's status, the replies the server excluded over the run, and the
+    clients excluded in every round (for a defended attack: the hostile client).
+    """
     import torch
 
     if not (folder / "global_model.pt").exists():
@@ -72,7 +76,25 @@ def summarise(folder: Path, hostile: str) -> tuple[float, float, str]:
     honest = [m["rank1"] for c, m in final.items() if c != hostile and "rank1" in m]
     state = torch.load(folder / "global_model.pt", weights_only=True)
     norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in state.values()))
-    return sum(honest) / max(len(honest), 1), norm, results["status"]
+    excluded = sum(r.get("server", {}).get("excluded", 0) for r in results["rounds"])
+    outcome = f"{results['status']}, {excluded} excluded"
+    if results.get("failed_clients"):
+        outcome += f", never used: {','.join(results['failed_clients'])}"
+    return sum(honest) / max(len(honest), 1), norm, outcome
+
+
+def reusable(folder: Path, hostile: str) -> bool:
+    """A run of an earlier invocation that finished with every honest client heard from
+    (delete its folder to run it again)."""
+    from fedreid.simulation import ClientsFailed, check_outcome
+
+    try:
+        check_outcome(str(folder))
+    except ClientsFailed as err:
+        return f"client(s) {hostile} sent" in str(err)
+    except Exception:
+        return False
+    return True
 
 
 def main() -> int:
@@ -96,20 +118,22 @@ def main() -> int:
         "trust.on_too_few=skip",
         "overwrite=true",
     ]
+    args.out.mkdir(parents=True, exist_ok=True)
     table = runs(hostile)
     cfgs = {
         name: compose([*common, *opts, f"output_dir={args.out / name.replace(' / ', '__')}"])
         for name, opts in table.items()
     }
+    todo = [cfg for cfg in cfgs.values() if not reusable(Path(cfg.output_dir), hostile)]
     start = time.time()
-    outcome = simulate_many(list(cfgs.values()))
-    print(f"{len(cfgs)} runs in {time.time() - start:.0f}s")
+    if todo:
+        simulate_many(todo)
+    print(f"{len(todo)} runs in {time.time() - start:.0f}s ({len(cfgs) - len(todo)} reused)")
     rows = []
     print(f"\nhostile client: {hostile}; honest mean rank-1 is unweighted over the other clients")
-    print(f"{'configuration':42s} {'honest rank-1':>14s} {'model norm':>12s}  status")
+    print(f"{'configuration':42s} {'honest rank-1':>14s} {'model norm':>12s}  outcome")
     for name, cfg in cfgs.items():
         rank1, norm, status = summarise(Path(cfg.output_dir), hostile)
-        status = outcome.get(cfg.output_dir, status)[:60]
         rows.append({"run": name, "honest_rank1": rank1, "norm": norm, "status": status})
         print(f"{name:42s} {100 * rank1:13.1f}% {norm:12.4g}  {status}")
     (args.out / "poisoning.json").write_text(json.dumps(rows, indent=1))

@@ -13,7 +13,7 @@ operator's ``~/.flwr`` is never touched::
     <dir>/nodes/<node>/flwr-home                    each SuperNode's FLWR_HOME
     <dir>/pids.json                                 what ``stop`` terminates
 
-Flower 1.41 serves the Fleet, Control and Runtime APIs on one HTTPS port (``--port``); every
+Flower 1.42 serves the Fleet, Control and Runtime APIs on one HTTPS port (``--port``); every
 SuperNode also opens a local Runtime API port for its ClientApp processes. Ports default to
 free loopback ports. The SuperLink runs with ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``
 (offline, the project's dependencies are already installed) and with
@@ -585,7 +585,7 @@ class Deployment:
         """Start a SuperNode again after a crash, retrying until the SuperLink takes it back.
 
         A SuperNode that died without saying goodbye stays ``online`` at the SuperLink until
-        its heartbeat expires (Flower 1.41: 2 x 30 s); until then activating the same key
+        its heartbeat expires (Flower 1.42: 2 x 30 s); until then activating the same key
         fails and ``flower-supernode`` exits with code 305. This retries every ``pause``
         seconds until a started node is still running after ``settle`` seconds and has
         logged its node id. Its head comes back from its ``state-dir``.

@@ -59,7 +59,17 @@ def simulate(cfg: Config) -> str:
     cfg.overwrite = True  # the folder is ours now (run_server checks again)
     with stop_on_sigint():
         _run(cfg, num_clients)
-    results = Path(cfg.output_dir) / "results.json"
+    check_outcome(cfg.output_dir)
+    return cfg.output_dir
+
+
+def check_outcome(output_dir: str) -> None:
+    """Raise unless the run in ``output_dir`` finished with every client contributing.
+
+    Raises:
+        Interrupted, RunFailed, ClientsFailed: as :func:`simulate` documents.
+    """
+    results = Path(output_dir) / "results.json"
     payload = json.loads(results.read_text()) if results.exists() else {}
     status = payload.get("status")
     if status == "interrupted":
@@ -71,7 +81,6 @@ def simulate(cfg: Config) -> str:
     if payload.get("failed_clients"):
         failed = ", ".join(payload["failed_clients"])
         raise ClientsFailed(f"client(s) {failed} sent no valid training reply ({results})")
-    return cfg.output_dir
 
 
 @contextlib.contextmanager
@@ -149,6 +158,7 @@ def simulate_many(cfgs: list[Config]) -> dict[str, str]:
         for cfg in cfgs:
             try:
                 run_server(grid, cfg)  # type: ignore[arg-type]
+                check_outcome(cfg.output_dir)
                 outcome[cfg.output_dir] = "finished"
             except Exception as err:  # recorded; the next config still runs
                 outcome[cfg.output_dir] = f"{type(err).__name__}: {err}"
