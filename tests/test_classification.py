@@ -20,7 +20,7 @@ from fedreid.clients.classification_client import (
 )
 from fedreid.clients.hidenseek_client import global_model
 from fedreid.clients.state import ClientState
-from fedreid.config import compose
+from fedreid.config import Config, compose
 from fedreid.data.classification import client_data, dirichlet_partition, load_pool
 from fedreid.errors import ConfigError
 from fedreid.models.builder import classification_model
@@ -100,13 +100,11 @@ def test_clients_fedavg_and_hidenseek_units() -> None:
 
 
 # -- two rounds through Flower ----------------------------------------------------------------
-@pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
-@pytest.mark.parametrize("strategy", ["hidenseek", "hidenseek_fedpm", "fedavg"])
-def test_two_rounds_classification_through_flower(strategy: str, tmp_path: Path) -> None:
-    from fedreid.simulation import simulate
+FLOWER_RUNS = ["hidenseek", "hidenseek_fedpm", "fedavg"]
 
-    out = tmp_path / strategy
-    cfg = compose(
+
+def _two_round_cfg(strategy: str, out: Path) -> Config:
+    return compose(
         [
             f"strategy={strategy}",
             "num_rounds=2",
@@ -118,7 +116,24 @@ def test_two_rounds_classification_through_flower(strategy: str, tmp_path: Path)
         ],
         config_name="classify",
     )
-    simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def two_round_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two rounds of each strategy, all in ONE Flower simulation (one Ray start)."""
+    from fedreid.simulation import simulate_many
+
+    base = tmp_path_factory.mktemp("cls")
+    outcome = simulate_many([_two_round_cfg(s, base / s) for s in FLOWER_RUNS])
+    assert set(outcome.values()) == {"finished"}, outcome
+    return base
+
+
+@pytest.mark.skipif(os.environ.get("FEDREID_SKIP_SLOW") == "1", reason="FEDREID_SKIP_SLOW=1")
+@pytest.mark.parametrize("strategy", FLOWER_RUNS)
+def test_two_rounds_classification_through_flower(strategy: str, two_round_runs: Path) -> None:
+    out = two_round_runs / strategy
+    cfg = _two_round_cfg(strategy, out)
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "finished"
     rounds = {r["round"]: r for r in results["rounds"]}

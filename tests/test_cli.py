@@ -32,18 +32,35 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0, progress=False)
 
 
-def _simulate(root: Path, out: Path, *overrides: str) -> Path:
-    from fedreid.simulation import simulate
-
-    cfg = compose(["data=tiny", f"data.root={root}", f"output_dir={out}", *SMALL, *overrides])
-    simulate(cfg)
-    return out
+PER_CLIENT = {  # runs whose clients keep their own BatchNorm statistics
+    "fedpav_bn_local": ("num_rounds=1", "strategy.bn_policy=local"),
+    "hidenseek": ("num_rounds=1", "strategy=hidenseek", "strategy.synflow_iterations=1"),
+}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "fedpav"
-    return _simulate(tiny_root, out, "num_rounds=2", "data.holdout=[ilids]")
+def runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every run these tests read, trained in ONE Flower simulation (one Ray start): FedPav for
+    2 rounds with ilids held out, and the per-client-statistics runs (same clients)."""
+    from fedreid.simulation import simulate_many
+
+    base = tmp_path_factory.mktemp("runs")
+    settings = {"fedpav": ("num_rounds=2",), **PER_CLIENT}
+    cfgs = [
+        compose(
+            ["data=tiny", f"data.root={tiny_root}", f"output_dir={base / name}", *SMALL]
+            + ["data.holdout=[ilids]", *overrides]
+        )
+        for name, overrides in settings.items()
+    ]
+    outcome = simulate_many(cfgs)
+    assert set(outcome.values()) == {"finished"}, outcome
+    return {name: base / name for name in settings}
+
+
+@pytest.fixture(scope="module")
+def run_dir(runs: dict[str, Path]) -> Path:
+    return runs["fedpav"]
 
 
 def _eval(run: Path, *args: str, name: str = "run") -> dict:
@@ -184,20 +201,13 @@ def test_bad_input_one_line_exit_2(run_dir: Path, tmp_path: Path, capsys) -> Non
         assert len(err) == 1 and err[0].startswith("error: "), err
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ("strategy.bn_policy=local",),
-        ("strategy=hidenseek", "strategy.synflow_iterations=1"),  # packed signs + mask
-    ],
-    ids=["fedpav_bn_local", "hidenseek"],
-)
+@pytest.mark.parametrize("name", list(PER_CLIENT))
 def test_per_client_statistics_still_exact(
-    overrides: tuple[str, ...], tiny_root: Path, tmp_path: Path
+    name: str, runs: dict[str, Path], tiny_root: Path, tmp_path: Path
 ) -> None:
     """Runs whose clients keep their own BatchNorm statistics: each client is evaluated with
     the global weights and its statistics from the run's client state, exactly as in the run."""
-    run = _simulate(tiny_root, tmp_path / "run", "num_rounds=1", *overrides)
+    run = runs[name]
     final = json.loads((run / "results.json").read_text())["final"]
     rows = _eval(run)["datasets"]
     assert set(rows) == set(final)

@@ -47,9 +47,15 @@ def ranking_metrics(
     device: torch.device,
     prefix: str = "",
 ) -> dict[str, float]:
-    """rank-1/5/10, mAP and mINP of ``model`` on the client's own query/gallery."""
+    """rank-1/5/10, mAP and mINP of ``model`` on the client's own query/gallery.
+
+    The model is put in the memory format ``train.channels_last`` asks for, as ``fedreid
+    eval`` does (:func:`fedreid.inference.place`), so that both give the same figures.
+    """
     from fedreid.evaluation import evaluate_model
 
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     res = evaluate_model(
         model,
         dataset.query,
