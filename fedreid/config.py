@@ -159,7 +159,9 @@ class TrustConfig:
     """Defences against hostile or broken sites: on by default, each can be switched off."""
 
     strict_metrics: bool = True  # only known metric keys, each within its range
-    norm_screen: float = 10.0  # reject updates > this x the round's median update norm; 0 = off
+    # reject updates whose norm per local step > this x the round's median (honest clients
+    # stayed within 1.9x of it in the main job); 0 = off
+    norm_screen: float = 5.0
     pin_examples: bool = True  # a node's num-examples may not change during a run ...
     pin_tolerance: float = 0.01  # ... by more than this fraction
     max_message_mb: float = 1024.0  # largest reply accepted; 0 = no limit

@@ -192,12 +192,14 @@ class LoopSettings:
     seed: int = 0  # seeds the server's RNGs (DP noise, sampling) at the start of a fresh run
     # defences (config section ``trust``)
     strict_metrics: bool = True
-    norm_screen: float = 10.0
+    norm_screen: float = 5.0
     pin_examples: bool = True
     pin_tolerance: float = 0.01
     max_bytes: int = 0
     on_too_few: str = "fail"
     known_examples: dict[str, int] = field(default_factory=dict)  # name -> training-set size
+    # optimizer steps of a client with n examples (the norm screen's unit); default: n
+    local_steps: Callable[[int], int] = lambda n: n
 
 
 class RunLoop:
@@ -507,9 +509,12 @@ class RunLoop:
         """Drop updates far larger than the round's median (a scaled-up attack).
 
         The screened quantity is the update norm over the weights (BatchNorm running
-        statistics left out: they are not weights and move with the data) divided by the
-        client's (pinned) sample count: an honest client's update grows with the number of
-        local steps, so raw norms would single out the largest honest clients.
+        statistics left out: they are not weights and move with the data) per local
+        optimizer step, the steps computed by the server from the client's (pinned) sample
+        count and the training schedule (``settings.local_steps``): an honest client's update
+        grows with its number of steps, so raw norms would single out the largest honest
+        clients, and norms per example would let a large client boost its update when a
+        step cap (``train.max_batches``) makes every client take the same steps.
         """
         factor = self.settings.norm_screen
         floating = [
@@ -527,7 +532,7 @@ class RunLoop:
                 diff = value.astype(np.float64) - base.get(key, 0.0)
                 total += float(np.dot(diff.ravel(), diff.ravel()))
             norms[r.node_id] = math.sqrt(total)
-            scaled[r.node_id] = norms[r.node_id] / max(r.num_examples, 1)
+            scaled[r.node_id] = norms[r.node_id] / max(self.settings.local_steps(r.num_examples), 1)
         median = float(np.median(list(scaled.values())))
         kept = []
         for r in valid:
@@ -535,7 +540,7 @@ class RunLoop:
             if value is not None and median > 0 and value > factor * median:
                 self._exclude(
                     rnd,
-                    f"excluded reply: {r.name}: update norm per example {value:.4g} > "
+                    f"excluded reply: {r.name}: update norm per local step {value:.4g} > "
                     f"{factor:g} x the round's median {median:.4g} (trust.norm_screen)",
                 )
                 continue

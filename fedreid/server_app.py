@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -24,7 +25,7 @@ from fedreid.errors import ConfigError, FedReIDError
 from fedreid.results import RunRecorder
 from fedreid.run import LoopSettings, RunInterrupted, RunLoop
 from fedreid.strategies.registry import build_strategy, label
-from fedreid.tasks import get_task
+from fedreid.tasks import get_task, local_steps
 
 log = logging.getLogger("fedreid")
 
@@ -144,6 +145,7 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         max_bytes=int(cfg.trust.max_message_mb * 2**20),
         on_too_few=cfg.trust.on_too_few,
         known_examples=task.client_sizes(cfg) if cfg.trust.pin_examples else {},
+        local_steps=functools.partial(local_steps, task, cfg),
     )
     loop = RunLoop(strategy, grid, recorder, settings)
     try:

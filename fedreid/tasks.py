@@ -50,6 +50,23 @@ class Task:
     client_sizes: Callable[[Config], dict[str, int]] = lambda cfg: {}
     """Training-set size per client name, where the server can read the scenario ({} if not:
     a deployment's data lives on the SuperNodes); pins what clients may report."""
+    batch_size: Callable[[Config], int] = lambda cfg: cfg.data.batch_size
+    """The clients' training batch size (what :func:`local_steps` divides by)."""
+
+
+def local_steps(task: Task, cfg: Config, num_examples: int) -> int:
+    """The optimizer steps a client with ``num_examples`` training examples takes in a round.
+
+    Mirrors the clients' loaders (a last batch of one is dropped) and
+    :func:`fedreid.training.train_epochs` (``train.max_batches`` per epoch, ``local_epochs``
+    epochs). The server computes it from the pinned example count, so a client cannot talk
+    its way into a larger allowance for the norm screen.
+    """
+    bs = max(task.batch_size(cfg), 1)
+    batches = -(-num_examples // bs) - (1 if num_examples % bs == 1 and num_examples > 1 else 0)
+    if cfg.train.max_batches > 0:
+        batches = min(batches, cfg.train.max_batches)
+    return max(batches, 1) * max(cfg.train.local_epochs, 1)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -218,6 +235,7 @@ TASKS: dict[str, Task] = {
         seeded_model=_cls_model,
         input_shape=_cls_shape,
         make_client=_cls_client,
+        batch_size=lambda cfg: cfg.classification.batch_size,
     ),
 }
 

@@ -2,8 +2,9 @@
 
 Fast part: the registry builds Flower's classes and rejects contradictions with one line.
 Engine part: ONE Flower simulation (``fedreid.simulation.simulate_many``, one Ray start) runs
-2 rounds of FedPav with every aggregator, every server optimiser and every DP option, then a
-DP + FedAdam run stopped after round 2 and resumed, against the same run uninterrupted.
+FedPav with every aggregator and every DP option (1 round) and every server optimiser (2
+rounds), then a DP + FedAdam run stopped after round 2 and resumed, against the same run
+uninterrupted.
 """
 
 from __future__ import annotations
@@ -154,9 +155,15 @@ def test_every_option_two_rounds_and_wrapped_resume(tiny_root: Path, tmp_path: P
         for opts in AGGREGATOR_RUNS + OPTIMIZER_RUNS + DP_RUNS
     }
     assert len(runs) == 5 + 4 + 4
+    # server optimisers carry state from round to round: 2 rounds; aggregators and DP wrappers
+    # act within a round: 1 (the 3-round wrapped resume below covers DP across rounds)
+    two_rounds = {name for name, opts in runs.items() if f"{opts[0]} {BN_LOCAL}" in OPTIMIZER_RUNS}
+    assert len(two_rounds) == 4
     cfgs = []
     for name, opts in runs.items():
-        cfgs.append(compose([*base, *opts, "num_rounds=2", f"output_dir={tmp_path / name}"]))
+        rounds = 2 if name in two_rounds else 1
+        out = f"output_dir={tmp_path / name}"
+        cfgs.append(compose([*base, *opts, f"num_rounds={rounds}", out]))
     wrapped = [
         BN_LOCAL,
         "strategy.server_optimizer=adam",
@@ -179,11 +186,12 @@ def test_every_option_two_rounds_and_wrapped_resume(tiny_root: Path, tmp_path: P
         results = json.loads((folder / "results.json").read_text())
         assert results["status"] == "finished", name
         rounds = {r["round"]: r for r in results["rounds"]}
-        assert sorted(rounds) == ([1, 2, 3] if name in ("full", "part") else [1, 2]), name
+        expected = [1, 2, 3] if name in ("full", "part") else [1, 2] if name in two_rounds else [1]
+        assert sorted(rounds) == expected, name
         for r in rounds.values():
             assert set(r["clients"]) == {"market1501", "cuhk03", "ilids"}, name
             assert "skipped" not in r["server"], (name, r["server"])
-        evaluated = rounds[2]["clients"]
+        evaluated = rounds[2 if 2 in rounds else 1]["clients"]
         assert all(0.0 <= m["rank1"] <= 1.0 for m in evaluated.values()), name
         model = torch.load(folder / "global_model.pt", map_location="cpu", weights_only=True)
         assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())

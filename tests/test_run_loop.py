@@ -3,6 +3,7 @@ evaluate_fn, timings, and exact resume of a stateful Flower strategy (FedAdam)."
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -248,7 +249,7 @@ def test_scaled_update_fails_the_norm_screen(tmp_path: Path, caplog) -> None:
     clients[4] = named_client("attacker", 1e6)
     run = run_clients(tmp_path, clients)
     np.testing.assert_allclose(run.final["w"].numpy(), [1.0] * 3)
-    assert any("attacker: update norm per example" in m for m in caplog.messages)
+    assert any("attacker: update norm per local step" in m for m in caplog.messages)
     server = run.recorder.rounds[0]["server"]
     assert server["excluded"] == 1
     assert run.recorder.rounds[0]["clients"]["c1"]["update_norm"] == pytest.approx(3**0.5)
@@ -298,7 +299,8 @@ def test_num_examples_is_pinned_to_the_scenarios_count_from_round_one(tmp_path: 
 
 
 def test_norm_screen_spares_large_honest_clients(tmp_path: Path) -> None:
-    """An honest client with 100x the data moves ~100x further; per example it is alike."""
+    """An honest client with 100x the data moves ~100x further (100x the steps); per step it is
+    alike."""
     clients = {i: named_client(f"c{i}", 1.0) for i in (1, 2, 3)}
     clients[4] = named_client("big", 100.0, sizes=[1000])
     strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
@@ -307,3 +309,23 @@ def test_norm_screen_spares_large_honest_clients(tmp_path: Path) -> None:
     run.run(initial)
     assert "excluded" not in run.recorder.rounds[0]["server"]
     assert run.recorder.rounds[0]["clients"]["big"]["update_norm"] == pytest.approx(100 * 3**0.5)
+
+
+def test_norm_screen_counts_steps_not_examples_under_a_step_cap(tmp_path: Path, caplog) -> None:
+    """With ``train.max_batches`` every client takes the same steps whatever its size: a large
+    client that boosts its update 20x stands out per step (per example it would hide)."""
+    from fedreid.config import compose
+    from fedreid.tasks import TASKS, local_steps
+
+    cfg = compose(["train.max_batches=3", "data.batch_size=32"])
+    steps = functools.partial(local_steps, TASKS["reid"], cfg)
+    # 33 = one batch of 32 + a batch of one, dropped (BatchNorm); 1000: capped at 3
+    assert [steps(n) for n in (10, 33, 34, 1000)] == [1, 1, 2, 3]
+    clients = {i: named_client(f"c{i}", 1.0, sizes=[100]) for i in (1, 2, 3)}
+    clients[4] = named_client("big", 20.0, sizes=[1000])  # 10x the data, same 3 steps
+    strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    settings = LoopSettings(num_rounds=1, local_steps=steps)
+    run = RunLoop(strategy, LocalGrid(clients), RunRecorder(tmp_path, {}), settings)
+    final = run.run(initial)
+    assert any("big: update norm per local step" in m for m in caplog.messages)
+    np.testing.assert_allclose(final["w"].numpy(), [1.0] * 3)
