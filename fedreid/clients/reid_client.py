@@ -123,8 +123,12 @@ class ReIDClient:
         own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
         # ImageNet weights only for a local-only client's very first model (nothing to load)
         pretrained = self.local_only and m.pretrained and own is None and shared is None
+        # model.init: wherever the client has nothing of its own yet, it starts from the
+        # file: a local-only client's first model, and under bn_policy=local the BatchNorm
+        # statistics the server does not send (the rest is then overwritten by `shared`)
+        from_init = own is None and (shared is None or self.keep_bn)
         torch.manual_seed(self.cfg.seed)
-        model = reid_model(m, self.dataset.num_train_pids, pretrained=pretrained)
+        model = reid_model(m, self.dataset.num_train_pids, pretrained=pretrained, init=from_init)
         if self.local_only and own is not None:
             load_shared(model, own)
         elif shared is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -72,6 +73,12 @@ ALL_DOMAINS = (
 
 _PUBLIC_CODE = 99  # random-stream code of the public set; domains use their ALL_DOMAINS index
 
+POOL_DOMAIN = "pretrain"
+"""The one domain (folder) of the pretraining pool (:data:`POOL`); never a client domain."""
+_POOL_CODE = 1000  # random-stream code of the pool: outside domains' 0..8 and public's 99
+CLIENT_PRESETS = ("tiny", "default", "large")
+"""The presets whose domains are clients; the pool's identities avoid all of theirs."""
+
 # --------------------------------------------------------------------------------------------
 # Presets: plain, documented sizes.
 # --------------------------------------------------------------------------------------------
@@ -82,7 +89,7 @@ class DomainSpec:
     """Sizes and character of one client domain (one stand-in dataset).
 
     Args:
-        name: folder name, one of :data:`ALL_DOMAINS`.
+        name: folder name, one of :data:`ALL_DOMAINS` (or :data:`POOL_DOMAIN`, the pool).
         num_cams: cameras in this domain's network.
         train_ids: training identities (pids ``1..train_ids``).
         train_imgs_per_id: inclusive range of training images per identity.
@@ -111,8 +118,8 @@ class DomainSpec:
     def __post_init__(self) -> None:
         """Reject specs that could not give every query a cross-camera match."""
         problems = []
-        if self.name not in ALL_DOMAINS:
-            problems.append(f"name must be one of {ALL_DOMAINS}")
+        if self.name not in ALL_DOMAINS and self.name != POOL_DOMAIN:
+            problems.append(f"name must be one of {ALL_DOMAINS} or {POOL_DOMAIN!r}")
         if self.num_cams < 2 or self.cams_per_id[1] < 2 or self.query_cams < 1:
             problems.append("needs num_cams >= 2, cams_per_id up to >= 2 and query_cams >= 1")
         for field in ("train_imgs_per_id", "cams_per_id", "gallery_per_cam"):
@@ -235,7 +242,35 @@ DEFAULT = Preset(
 LARGE = _scaled(DEFAULT, "large", 10)
 """The default benchmark with ten times the identities, for GPU runs."""
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, DEFAULT, LARGE)}
+# fmt: off
+POOL = Preset(
+    name="pretrain",
+    domains=(
+        DomainSpec(POOL_DOMAIN,    8, 240, (6, 10), 20, (2, 4), 2, (1, 2),  0, 1.5),
+    ),
+    public_ids=0,
+    public_imgs_per_id=(0, 0),
+    public_cams=0,
+)
+# fmt: on
+"""The labelled pretraining pool (``python -m fedreid.pretrain``): one domain ``pretrain/`` of
+8 cameras, 240 training identities (about 1,900 images) and 20 test identities (about 130
+query + gallery images), no public set; about 2,050 images in all.
+
+Why it is disjoint from every client: its identities, cameras and images come from random
+streams keyed by :data:`_POOL_CODE` (1000), which no client domain (codes 0..8, their
+:data:`ALL_DOMAINS` index) nor the public set (99) uses, for any seed; a stream is
+``np.random.default_rng([seed, code, ...])``, so different codes never share draws. On top
+of that, :func:`build_domain` re-draws every pool identity whose discrete attributes
+(:meth:`Identity.key`) equal those of any identity of any client domain of
+:data:`CLIENT_PRESETS` drawn with the same seed (:func:`client_identity_keys`): with the
+same generator seed at both ends (0 by default) no client person is in the pool, not even
+a look-alike with the same clothes. Cameras are drawn from continuous ranges on the pool's
+own stream, so none equals a client camera. ``data.preset=pretrain`` is refused as a client
+scenario (:func:`fedreid.config.validate`).
+"""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, DEFAULT, LARGE, POOL)}
 DOMAINS_BY_PRESET: dict[str, list[str]] = {
     name: [d.name for d in p.domains] for name, p in PRESETS.items()
 }
@@ -434,13 +469,19 @@ def sample_identity(rng: np.random.Generator, style: DomainStyle) -> Identity:
     )
 
 
-def sample_identities(rng: np.random.Generator, style: DomainStyle, n: int) -> list[Identity]:
-    """Draw ``n`` identities whose discrete attributes all differ (colours still collide)."""
+def sample_identities(
+    rng: np.random.Generator,
+    style: DomainStyle,
+    n: int,
+    exclude: frozenset[tuple] = frozenset(),
+) -> list[Identity]:
+    """Draw ``n`` identities whose discrete attributes all differ (colours still collide);
+    keys in ``exclude`` (other sets' people) are re-drawn too."""
     seen: set[tuple] = set()
     out: list[Identity] = []
     while len(out) < n:
         ident = sample_identity(rng, style)
-        if ident.key() not in seen:
+        if ident.key() not in seen and ident.key() not in exclude:
             seen.add(ident.key())
             out.append(ident)
     return out
@@ -1002,7 +1043,7 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 def build_domain(spec: DomainSpec, seed: int, preset: Preset = DEFAULT) -> DomainWorld:
     """Draw a domain's style, cameras and identities (pids ``1..train_ids+test_ids``)."""
-    code = ALL_DOMAINS.index(spec.name)
+    code = _POOL_CODE if spec.name == POOL_DOMAIN else ALL_DOMAINS.index(spec.name)
     rng = _rng(seed, code, 0)
     style = sample_domain_style(rng, spec.palette_concentration)
     scene = sample_scene(rng)
@@ -1010,8 +1051,22 @@ def build_domain(spec: DomainSpec, seed: int, preset: Preset = DEFAULT) -> Domai
         sample_camera(rng, scene, preset.height, preset.width, preset.cameras)
         for _ in range(spec.num_cams)
     )
-    people = sample_identities(rng, style, spec.train_ids + spec.test_ids)
+    # the pool never holds a client's person (see POOL); client domains exclude nothing
+    exclude = client_identity_keys(seed) if spec.name == POOL_DOMAIN else frozenset()
+    people = sample_identities(rng, style, spec.train_ids + spec.test_ids, exclude)
     return DomainWorld(code, style, cameras, {pid: p for pid, p in enumerate(people, start=1)})
+
+
+@functools.lru_cache(maxsize=4)
+def client_identity_keys(seed: int) -> frozenset[tuple]:
+    """The discrete attribute keys of every client identity of :data:`CLIENT_PRESETS` drawn
+    with ``seed`` (what the pool must avoid; about 2 s, cached)."""
+    keys: set[tuple] = set()
+    for name in CLIENT_PRESETS:
+        preset = PRESETS[name]
+        for spec in preset.domains:
+            keys.update(i.key() for i in build_domain(spec, seed, preset).identities.values())
+    return frozenset(keys)
 
 
 def domain_identities(

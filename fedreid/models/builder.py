@@ -1,7 +1,8 @@
 """The one place that turns the config into a network: ReID (``cfg.model``) and classification.
 
 Server and clients build the same seeded networks from here, so a checksum of the seeded
-weights (HideNseek) or a shared initial model (FedPav) agrees at both ends.
+weights (HideNseek) or a shared initial model (FedPav) agrees at both ends; ``model.init``
+(a backbone file, :mod:`fedreid.models.backbone_init`) is loaded here too.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from torch import nn
 from fedreid.config import Config, ModelConfig
 from fedreid.data.classification import dataset_info
 from fedreid.errors import ConfigError
+from fedreid.models.backbone_init import load_init
 from fedreid.models.convnet import Conv4, Conv6
 from fedreid.models.reid import ReIDNet
 
 CLASSIFICATION_MODELS = ("conv4", "conv6", "resnet18")
 
 
-def reid_model(m: ModelConfig, num_classes: int = 0, *, pretrained: bool = False) -> ReIDNet:
-    """A ReID network from the model config; ``num_classes=0`` builds no classifier head."""
-    return ReIDNet(
+def reid_model(
+    m: ModelConfig, num_classes: int = 0, *, pretrained: bool = False, init: bool = False
+) -> ReIDNet:
+    """A ReID network from the model config; ``num_classes=0`` builds no classifier head.
+
+    ``pretrained`` asks for ImageNet weights, ``init`` for the ``model.init`` file's weights
+    (when set): callers ask only for a model that starts from them, not for one whose shared
+    part is overwritten next (so a run folder stays usable after the file is gone).
+    """
+    model = ReIDNet(
         num_classes,
         arch=m.arch,
         pretrained=pretrained,
@@ -28,16 +37,20 @@ def reid_model(m: ModelConfig, num_classes: int = 0, *, pretrained: bool = False
         embed_dim=m.embed_dim,
         dropout=m.dropout,
     )
+    if init and m.init:
+        load_init(model, m.init, m.arch, m.embed_dim)
+    return model
 
 
 def seeded_reid_model(cfg: Config, num_classes: int = 0) -> ReIDNet:
-    """The run's initial ReID model (seeded by ``cfg.seed``; ImageNet weights if configured).
+    """The run's initial ReID model (seeded by ``cfg.seed``; ImageNet weights or the
+    ``model.init`` file's backbone if configured).
 
     A head for ``num_classes`` identities is added after the shared part, so the shared
     weights do not depend on it.
     """
     torch.manual_seed(cfg.seed)
-    model = reid_model(cfg.model, 0, pretrained=cfg.model.pretrained)
+    model = reid_model(cfg.model, 0, pretrained=cfg.model.pretrained, init=True)
     if num_classes > 0:
         model.set_head(num_classes)
     return model
