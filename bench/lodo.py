@@ -38,7 +38,7 @@ def unseen(run: Path, holdout: str, client: str | None) -> dict[str, float]:
     cmd += ["--no-progress", *(["--client", client] if client else [])]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     row = json.loads((run / "eval" / f"{holdout}.json").read_text())["datasets"][holdout]
-    return {"rank1": 100 * row["metrics"]["rank1"], "mAP": 100 * row["metrics"]["mAP"]}
+    return {"rank1": 100 * row["rank1"], "mAP": 100 * row["mAP"]}
 
 
 def mean_sd(values: list[float]) -> str:
