@@ -71,7 +71,7 @@ class TrainConfig:
     nesterov: bool = True
     max_batches: int = 0  # >0 caps batches per epoch (tests and smoke runs)
     device: str = "cpu"  # cpu | cuda | auto
-    amp: str = "off"  # auto | on | off (auto: bf16 autocast where the CPU/GPU supports it)
+    amp: str = "auto"  # auto | on | off (auto: bf16 autocast where the CPU/GPU has it natively)
     channels_last: bool = True  # NHWC: +11-24% on CPU (bench_train --memory-format both)
     threads: int = 1  # torch threads per client process
 
