@@ -8,6 +8,7 @@ One 2-round FedPav simulation on the tiny preset (32x16 images, one batch per cl
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -125,11 +126,14 @@ def test_export_parity(fmt: str, run_dir: Path, tiny_root: Path, tmp_path: Path)
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["input"]["shape"] == ["N", 3, 32, 16]
     assert sidecar["output"]["l2_normalised"] and sidecar["output"]["flip_averaged"]
-    # parity on real images against the features eval uses (flip-averaged, normalised)
+    # parity on real images against the features eval computes (flip-averaged, normalised),
+    # in float32 as exported (eval itself follows the run's train.amp, bf16 where native)
     run = RunFolder.open(run_dir)
     items = [(str(p), 0, 0) for p in sorted((tiny_root / "market1501" / "query").glob("*"))[:5]]
-    model = place(run.model(), run.cfg, torch.device("cpu"))
-    ref, _, _ = features(model, items, run.cfg, torch.device("cpu"))
+    cfg = copy.deepcopy(run.cfg)
+    cfg.train.amp = "off"
+    model = place(run.model(), cfg, torch.device("cpu"))
+    ref, _, _ = features(model, items, cfg, torch.device("cpu"))
     transform = build_transforms(32, 16, train=False)
     images = torch.stack([transform(read_image(p)) for p, _, _ in items]).numpy()
     got = run_exported(out, fmt, images)
