@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from fedreid.cli import Parser
+from fedreid.cli import _positive as _positive_int
 from fedreid.config import AMP_SETTINGS, Config, validate
 from fedreid.data.types import Item
 from fedreid.errors import DatasetError, FedReIDError
@@ -114,16 +115,6 @@ def save_backbone(out: Path, state: dict[str, torch.Tensor], meta: dict[str, Any
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
