@@ -64,6 +64,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fedreid.report import Interval, t_interval  # noqa: E402
+from fedreid.report import verdict as judge  # noqa: E402
+
 log = logging.getLogger("fedreid")
 
 METHODS: dict[str, list[str]] = {
@@ -83,8 +86,6 @@ LABELS = {
     "fedpm": "FedPM mask, same subnetwork",
 }
 DEFAULT_METHODS = ["fedavg", "hidenseek", "binary", "fedpm"]
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-"""Two-sided 95 % Student-t quantiles by degrees of freedom (1.96 beyond)."""
 
 
 def overrides(args: argparse.Namespace, seed: int) -> list[str]:
@@ -208,24 +209,15 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
     """Mean, sd and 95 % t-interval of the seed-paired differences ``a - b``."""
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    m, sd = mean_sd(diffs)
-    n = len(diffs)
-    half = T975.get(n - 1, 1.96) * sd / math.sqrt(n) if n > 1 else float("inf")
-    return {"mean": m, "sd": sd, "n": n, "low": m - half, "high": m + half}
+    t = t_interval(x - y for x, y in zip(a, b, strict=True))
+    return {"mean": t.mean, "sd": t.sd, "n": t.n, "low": t.low, "high": t.high}
 
 
 def verdict(diff: dict[str, float], better: str = "higher") -> str:
-    """``reproduces`` if the interval is on the claimed side of 0, ``does not`` if on the other,
-    else ``inconclusive``."""
-    low, high = diff["low"], diff["high"]
-    if better == "lower":
-        low, high = -high, -low
-    if low > 0:
-        return "reproduces"
-    if high < 0:
-        return "does not (opposite holds)"
-    return "inconclusive"
+    """The shared rule of :func:`fedreid.report.verdict` on a :func:`paired` result."""
+    return judge(
+        Interval(diff["mean"], diff["sd"], int(diff["n"]), diff["low"], diff["high"]), better
+    )
 
 
 def _pct(m: float, sd: float) -> str:
@@ -362,7 +354,7 @@ def claims_table(runs: dict[str, dict[int, dict[str, Any]]], args: argparse.Name
         if n and wins == n:
             text = "reproduces"
         elif n and losses == n:
-            text = "does not (opposite holds)"
+            text = "does not"
         else:
             text = "inconclusive"
         where = (

@@ -18,6 +18,7 @@ The model, its input size and preprocessing come from the run folder
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import re
@@ -173,12 +174,10 @@ def build_parser() -> Parser:
     )
     p.add_argument("--rerank", action="store_true", help="rank by k-reciprocal re-ranked distances")
 
-    sub.add_parser(
-        "report",
-        help="mean ± sd over seeds of any runs (fedreid.report)",
-        description="See `fedreid report --help`.",
-        add_help=False,
-    )
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(
+            name, help=help_text, description=f"See `fedreid {name} --help`.", add_help=False
+        )
     return parser
 
 
@@ -315,17 +314,25 @@ def cmd_visrank(args: argparse.Namespace) -> int:
 
 COMMANDS = {"eval": cmd_eval, "extract": cmd_extract, "export": cmd_export, "visrank": cmd_visrank}
 
+DELEGATED = {
+    "report": ("fedreid.report", "mean ± sd over seeds of any runs (fedreid.report)"),
+    "claims": (
+        "fedreid.claims",
+        "the FedReID paper's claims over a study's seeds (fedreid.claims)",
+    ),
+}
+"""Subcommands handled by a module's own ``main(argv)`` (their parser, their --help)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedreid`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "report":
-        from fedreid import report
-
+    if argv and argv[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[argv[0]][0])
         original = argparse.ArgumentParser.error
         argparse.ArgumentParser.error = Parser.error  # its usage errors: one line too
         try:
-            return report.main(argv[1:])
+            return module.main(argv[1:])
         finally:
             argparse.ArgumentParser.error = original
     parser = build_parser()

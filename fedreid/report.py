@@ -141,6 +141,65 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float]:
     return mean, statistics.stdev(vals, mean) if len(vals) > 1 else math.nan
 
 
+@dataclass(frozen=True)
+class Interval:
+    """Mean, sample sd and two-sided Student-t confidence interval of paired differences."""
+
+    mean: float
+    sd: float
+    n: int
+    low: float
+    high: float
+
+
+def t_interval(values: Iterable[float], level: float = 0.95) -> Interval:
+    """The ``level`` t-interval of the mean of ``values`` (per-seed paired differences).
+
+    Infinite bounds with fewer than two values (no spread to judge by).
+
+    Examples:
+        >>> t = t_interval([1.0, 2.0, 3.0])
+        >>> (t.mean, t.sd, round(t.low, 3), round(t.high, 3))
+        (2.0, 1.0, -0.484, 4.484)
+    """
+    from scipy.stats import t as student_t
+
+    vals = [float(v) for v in values]
+    mean, sd = mean_sd(vals)
+    if len(vals) < 2:
+        return Interval(mean, sd, len(vals), -math.inf, math.inf)
+    half = float(student_t.ppf(0.5 + level / 2, len(vals) - 1)) * sd / math.sqrt(len(vals))
+    return Interval(mean, sd, len(vals), mean - half, mean + half)
+
+
+VERDICTS = ("reproduces", "does not", "inconclusive")
+
+
+def verdict(interval: Interval, claimed: str = "higher") -> str:
+    """``reproduces`` when the interval lies on the claimed side of 0 (``claimed`` is
+    ``higher`` or ``lower``), ``does not`` when it lies on the other side, else
+    ``inconclusive`` (the interval contains 0, or is undefined).
+
+    Examples:
+        >>> verdict(Interval(2.0, 1.0, 3, 0.5, 3.5))
+        'reproduces'
+        >>> verdict(Interval(2.0, 1.0, 3, 0.5, 3.5), claimed="lower")
+        'does not'
+    """
+    if claimed not in ("higher", "lower"):
+        raise ValueError(f"claimed must be 'higher' or 'lower', not {claimed!r}")
+    low, high = (interval.low, interval.high)
+    if claimed == "lower":
+        low, high = -high, -low
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if low > 0:
+        return "reproduces"
+    if high < 0:
+        return "does not"
+    return "inconclusive"
+
+
 def paired_differences(a: Group, b: Group, metric: str = "final_rank1") -> PairedDifference:
     """Seed-by-seed differences ``a - b`` of a run figure, their mean and sample sd.
 
