@@ -9,6 +9,7 @@ second copy: only *where their data is* comes from the node (``node_config``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,16 @@ from fedreid.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 BN_POLICIES = ("average", "local")
+log = logging.getLogger("fedreid")
+
 AMP_SETTINGS = ("auto", "on", "off")
+BF16_MIN_WIDTH = 32
+"""ReID images narrower than this train in float32 on CPU. torch 2.14's oneDNN bf16 weight
+gradient of ResNet layer4's first convolution comes back as garbage (1e3 to 1e33, or NaN)
+in 8 of 20 single-thread steps (the clients' default) when its input feature map is 2x1
+(32x16 images; docs/speed.md): the honest
+update is then excluded by the norm screen or, worse, aggregated. No step went wrong in 185
+measured at widths 24 to 64 (feature maps 2 to 4 wide)."""
 TASKS = ("reid", "classification")
 
 
@@ -275,6 +285,27 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("client_gpus >= 0, train.threads >= 1 and data.num_workers >= 0")
 
 
+def _check_bf16_input(cfg: Config) -> None:
+    """``train.amp`` on CPU for ReID images narrower than :data:`BF16_MIN_WIDTH`: ``auto``
+    becomes ``off`` (recorded so in the run's config), ``on`` is refused."""
+    if cfg.task != "reid" or cfg.train.device != "cpu" or cfg.data.width >= BF16_MIN_WIDTH:
+        return
+    if cfg.train.amp == "on":
+        raise ConfigError(
+            f"train.amp=on needs data.width >= {BF16_MIN_WIDTH} on CPU (got {cfg.data.width}): "
+            "oneDNN's bf16 weight gradients are corrupt for ResNet feature maps 1 pixel wide; "
+            "use train.amp=off or auto"
+        )
+    if cfg.train.amp == "auto":
+        log.info(
+            "train.amp=auto -> off: images %d px wide (bf16 needs >= %d on CPU, see "
+            "fedreid.config.BF16_MIN_WIDTH)",
+            cfg.data.width,
+            BF16_MIN_WIDTH,
+        )
+    cfg.train.amp = "off"
+
+
 def validate(cfg: Config) -> None:
     """Reject configs that contradict themselves, with one line naming the setting."""
     s = cfg.strategy
@@ -317,6 +348,7 @@ def validate(cfg: Config) -> None:
     cfg.train.amp = legacy.get(str(cfg.train.amp).lower(), str(cfg.train.amp))
     if cfg.train.amp not in AMP_SETTINGS:
         raise ConfigError(f"train.amp={cfg.train.amp!r} must be one of {AMP_SETTINGS}")
+    _check_bf16_input(cfg)
     scheduled_faults(cfg)
     if cfg.task not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
