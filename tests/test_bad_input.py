@@ -75,6 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _cases(d: dict[str, Path]) -> dict[str, Case]:
     tiny = [
         "data=tiny",
+        "model.arch=resnet_mini",
         f"data.root={d['tiny']}",
         "num_rounds=1",
         "train.max_batches=1",

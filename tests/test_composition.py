@@ -149,6 +149,7 @@ def test_every_option_two_rounds_and_wrapped_resume(tiny_root: Path, tmp_path: P
         "train.max_batches=1",
         "eval_every=2",
         "train.amp=off",
+        "model.arch=resnet_mini",
     ]
     runs = {
         opts.split()[0].split("=", 1)[1]: opts.split()

@@ -174,7 +174,7 @@ def test_fault_config_composes_and_validates() -> None:
 # Engine: one simulation through Flower
 # --------------------------------------------------------------------------------------------
 
-TIMEOUT_S = 40.0
+TIMEOUT_S = 15.0
 SCHEDULE = {
     1: "raise",
     2: "nan",
@@ -215,6 +215,7 @@ def test_fault_schedule_through_flower(
     cfg = compose(
         [
             "data=tiny",
+            "model.arch=resnet_mini",
             f"data.root={tiny_root}",
             "data.height=64",
             "data.width=32",

@@ -266,6 +266,7 @@ def test_two_rounds_reid_through_flower(tmp_path: Path) -> None:
     cfg = compose(
         [
             "data=tiny",
+            "model.arch=resnet_mini",
             f"data.root={root}",
             "strategy=hidenseek",
             "num_rounds=2",

@@ -24,6 +24,7 @@ from fedreid.simulation import simulate
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = [
     "data=tiny",
+    "model.arch=resnet_mini",
     "num_rounds=3",
     "eval_every=3",
     "data.height=32",

@@ -34,7 +34,8 @@ site = Path(sys.argv[1]).resolve()
 assert Path(fedreid.__file__).resolve().is_relative_to(site), fedreid.__file__
 assert CONF_DIR.resolve().is_relative_to(site), CONF_DIR
 cfg = compose(["data=tiny", f"data.root={sys.argv[2]}", "num_rounds=1", "data.height=32",
-               "data.width=16", "train.max_batches=1", f"output_dir={sys.argv[3]}"])
+               "data.width=16", "train.max_batches=1", "model.arch=resnet_mini",
+               f"output_dir={sys.argv[3]}"])
 simulate(cfg)
 print(json.dumps({"package": fedreid.__file__, "conf": str(CONF_DIR)}))
 """

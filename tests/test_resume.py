@@ -40,6 +40,7 @@ def make_cfg(root: Path, out: Path, rounds: int, resume: bool = False) -> Config
     cfg = compose(
         [
             "data=tiny",
+            "model.arch=resnet_mini",
             f"data.root={root}",
             "data.datasets=[market1501,cuhk03]",
             "data.height=64",

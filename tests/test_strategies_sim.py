@@ -31,6 +31,7 @@ def strategy_cfg(strategy: str, root: Path, out: Path):
     return compose(
         [
             "data=tiny",
+            "model.arch=resnet_mini",
             f"data.root={root}",
             "num_rounds=2",
             "eval_every=1",
