@@ -69,3 +69,33 @@ def test_load_shared_exact_keys_and_bn_skip() -> None:
 def test_unknown_arch() -> None:
     with pytest.raises(ConfigError, match="unknown model.arch"):
         ReIDNet(2, arch="vgg")
+
+
+def test_resnet_mini_is_small_with_resnet18_names() -> None:
+    """resnet_mini keeps ResNet-18's module layout (the keys other code addresses), at 1/30 of
+    its parameters; last stride 1 doubles its final map too; no ImageNet weights."""
+    torch.manual_seed(0)
+    mini, full = ReIDNet(5, arch="resnet_mini"), ReIDNet(5, arch="resnet18")
+    n_mini = sum(p.numel() for p in mini.parameters())
+    n_full = sum(p.numel() for p in full.parameters())
+    assert n_mini < 500_000 and n_full / n_mini > 25
+    short = {k.rsplit(".", 1)[0] for k in mini.state_dict()}
+    assert {k.rsplit(".", 1)[0] for k in full.state_dict() if k.startswith("backbone.4.0")} <= short
+    assert "backbone.7.0.conv1" in short and "backbone.7.0.downsample.0" in short
+    assert mini.backbone[7][0].conv2.out_channels == 128
+    x = torch.randn(2, 3, 64, 32)
+    assert mini.eval().features(x).shape == (2, 512)
+    one = ReIDNet(5, arch="resnet_mini", last_stride=1).eval()
+    assert one.backbone[:8](x).shape[-2:] == (4, 2)
+    assert mini.backbone[:8](x).shape[-2:] == (2, 1)
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        from fedreid.models.reid import resnet_mini
+
+        resnet_mini(weights="IMAGENET1K_V1")  # type: ignore[arg-type]
+
+
+def test_resnet_mini_composes_as_a_model_group() -> None:
+    from fedreid.config import compose
+
+    cfg = compose(["model=resnet_mini"])
+    assert cfg.model.arch == "resnet_mini" and cfg.model.pretrained is False
