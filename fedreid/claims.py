@@ -77,8 +77,28 @@ Study = dict[str, dict[int, dict[str, Any]]]
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _recipe(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in SETUP_FREE_KEYS}, sort_keys=True)
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys, without the keys that may differ between a study's runs."""
+    out: dict[str, Any] = {}
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk({k: v for k, v in config.items() if k not in SETUP_FREE_KEYS}, "")
+    return out
+
+
+def _recipe_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The first key both recipes have with different values ("" if none): a setting only
+    one of them knows (added to the code between the runs) is not a difference."""
+    for key in sorted(set(a) & set(b)):
+        if a[key] != b[key] and not key.endswith("root"):
+            return f"{key}: {a[key]!r} vs {b[key]!r}"
+    return ""
 
 
 def load_study(root: Path) -> Study:
@@ -90,7 +110,7 @@ def load_study(root: Path) -> Study:
     if not root.is_dir():
         raise ClaimsError(f"{root} is not a folder")
     study: Study = {}
-    recipes: dict[str, list[str]] = {}
+    first: tuple[Path, dict[str, Any]] | None = None
     for path in sorted(root.rglob("results.json")):
         method = path.parent.name
         if method not in METHODS:
@@ -105,12 +125,16 @@ def load_study(root: Path) -> Study:
         if seed in study.get(method, {}):
             raise ClaimsError(f"{method} seed {seed} appears twice under {root}")
         study.setdefault(method, {})[seed] = payload
-        recipes.setdefault(_recipe(payload["config"]), []).append(str(path.parent))
+        recipe = _recipe(payload["config"])
+        if first is None:
+            first = (path.parent, recipe)
+        elif diff := _recipe_difference(first[1], recipe):
+            raise ClaimsError(
+                f"the runs under {root} differ in more than seed and method: {first[0]} and "
+                f"{path.parent} ({diff})"
+            )
     if not study:
         raise ClaimsError(f"no finished run of {', '.join(METHODS)} under {root}")
-    if len(recipes) > 1:
-        examples = "; ".join(dirs[0] for dirs in recipes.values())
-        raise ClaimsError(f"the runs under {root} differ in more than seed and method: {examples}")
     return study
 
 

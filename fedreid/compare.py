@@ -21,7 +21,8 @@ Examples::
     python -m fedreid.compare --report-only outputs/compare    # rebuild table and plot only
 
 Overrides are hydra-style and apply to every run; ``strategy=`` and ``output_dir=`` are set per
-run by this command. A finished run with the same setup is reused (``--rerun`` repeats it);
+run by this command, and ``eval_local=every`` unless given (the Local columns report the best
+evaluated round too). A finished run with the same setup is reused (``--rerun`` repeats it);
 a stopped one, or a shorter one when ``num_rounds`` grows, continues from its checkpoint, so an
 interrupted comparison goes on where it stopped and a short one can be extended.
 """
@@ -179,6 +180,8 @@ def run_all(
     from fedreid.config import compose
 
     check_overrides(overrides)
+    if not any(o.split("=", 1)[0] == "eval_local" for o in overrides):
+        overrides = ["eval_local=every", *overrides]  # the tables' "best" of the Local columns
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "comparison.json"
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

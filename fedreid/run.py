@@ -184,6 +184,7 @@ class LoopSettings:
 
     num_rounds: int
     eval_every: int = 1
+    eval_local: str = "every"  # rank the clients' pre-aggregation models: every | last | off
     round_timeout_s: float = 3600.0
     node_wait_s: float = 120.0
     min_replies: int = 1
@@ -277,13 +278,20 @@ class RunLoop:
         s = self.settings
         return server_round % s.eval_every == 0 or server_round == s.num_rounds
 
+    def is_local_eval_round(self, server_round: int) -> bool:
+        """Do the clients rank their trained models before aggregation this round?"""
+        local = self.settings.eval_local
+        if local == "last":
+            return server_round == self.settings.num_rounds
+        return local == "every" and self.is_eval_round(server_round)
+
     # -- one round -----------------------------------------------------------------------------
     def _config(self, server_round: int, train: bool) -> ConfigRecord:
         config = ConfigRecord({RUN_KEY: self.run_id})
         if self.settings.config_json:
             config[CONFIG_KEY] = self.settings.config_json
         if train:
-            config[EVAL_LOCAL_KEY] = self.is_eval_round(server_round)
+            config[EVAL_LOCAL_KEY] = self.is_local_eval_round(server_round)
         return config
 
     def handed(self) -> ArrayRecord:

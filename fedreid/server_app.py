@@ -54,13 +54,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """``key: old -> new`` for every setting that differs from the checkpoint's config."""
+    """``key: old -> new`` for every setting that differs from the checkpoint's config.
+
+    A setting the checkpoint does not know (added to the code since) counts as unchanged
+    when it has its code default, which is how the code behaved before it existed.
+    """
     old = _flatten({k: v for k, v in saved.items() if k not in RESUME_FREE_KEYS})
     new = _flatten({k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS})
+    default = _flatten(Config().to_dict())
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k) and not k.endswith(("root", "data_dir", "state_dir"))
+        if old.get(k) != new.get(k)
+        and not k.endswith(("root", "data_dir", "state_dir"))
+        and not (k not in old and k in default and new.get(k) == default[k])
     ]
 
 
@@ -132,6 +139,7 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     settings = LoopSettings(
         num_rounds=cfg.num_rounds,
         eval_every=cfg.eval_every,
+        eval_local=cfg.eval_local,
         round_timeout_s=cfg.round_timeout_s,
         node_wait_s=cfg.node_wait_s,
         min_replies=cfg.strategy.min_replies,

@@ -176,3 +176,22 @@ def test_fedreid_claims_subcommand(tmp_path: Path, capsys) -> None:
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_setting_only_newer_runs_record_is_not_a_difference(tmp_path: Path) -> None:
+    flat = {"big": [0.1] * 3, "mid": [0.1] * 3, "small": [0.1] * 3}
+    old, new = payload(0, "local", flat), payload(1, "local", flat)
+    new["config"]["eval_local"] = "every"
+    write(tmp_path, 0, "local", old)
+    write(tmp_path, 1, "local", new)
+    assert sorted(claims.load_study(tmp_path)["local"]) == [0, 1]
+
+
+def test_compare_ranks_local_models_every_evaluation(tmp_path: Path, monkeypatch) -> None:
+    from fedreid import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "_simulate", lambda: lambda cfg: seen.append(cfg))
+    compare.run_all(tmp_path, ["data=tiny"], ["fedpav"])
+    compare.run_all(tmp_path / "b", ["data=tiny", "eval_local=off"], ["fedpav"])
+    assert [c.eval_local for c in seen] == ["every", "off"]

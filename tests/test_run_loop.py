@@ -329,3 +329,37 @@ def test_norm_screen_counts_steps_not_examples_under_a_step_cap(tmp_path: Path, 
     final = run.run(initial)
     assert any("big: update norm per local step" in m for m in caplog.messages)
     np.testing.assert_allclose(final["w"].numpy(), [1.0] * 3)
+
+
+@pytest.mark.parametrize(
+    ("eval_local", "expected"),
+    [("every", [False, True, False, True, True]), ("last", [False] * 4 + [True]), ("off", [])],
+)
+def test_local_models_are_ranked_per_eval_local(eval_local: str, expected: list[bool]) -> None:
+    """eval_every=2 over 5 rounds: evaluation at 2, 4 and 5; "FedPav Local" per eval_local."""
+    loop = object.__new__(RunLoop)  # only the settings matter here
+    loop.settings = LoopSettings(num_rounds=5, eval_every=2, eval_local=eval_local)
+    flags = [loop.is_local_eval_round(r) for r in range(1, 6)]
+    assert flags == (expected or [False] * 5)
+
+
+def test_a_setting_added_since_the_checkpoint_is_unchanged_at_its_default() -> None:
+    from fedreid.config import compose
+    from fedreid.server_app import config_changes
+
+    saved = compose(["data=tiny"]).to_dict()
+    del saved["eval_local"]  # a checkpoint from before the setting existed
+    assert config_changes(saved, compose(["data=tiny", "eval_local=every"])) == []
+    changes = config_changes(saved, compose(["data=tiny", "eval_local=last"]))
+    assert changes == ["eval_local: None -> 'last'"]
+
+
+def test_eval_local_is_validated() -> None:
+    from fedreid.config import compose, validate
+    from fedreid.errors import ConfigError
+
+    cfg = compose(["data=tiny"])
+    assert cfg.eval_local == "last", "the default recipe ranks the local models at the end"
+    cfg.eval_local = "sometimes"
+    with pytest.raises(ConfigError, match="eval_local='sometimes' must be one of"):
+        validate(cfg)
