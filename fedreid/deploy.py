@@ -300,6 +300,23 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
     return int(fields[1]), fields[19]
 
 
+def kill_leftovers(tree: dict[int, str], wait_s: float = 5.0) -> None:
+    """SIGKILL each process of ``tree`` (pid -> start time) that is still the same process,
+    then wait up to ``wait_s`` for them to be gone: a signal is delivered asynchronously,
+    and on a loaded machine a killed process can take a moment to exit."""
+    for pid, start in tree.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == start:  # still the same process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        alive = [p for p, start in tree.items() if (s := _proc_stat(p)) and s[1] == start]
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 def descendants(pid: int) -> dict[int, str]:
     """Every live descendant of ``pid`` (children first-level and below), pid -> start time.
 
@@ -763,11 +780,7 @@ class Deployment:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(m.proc.pid, signal.SIGKILL)
                 m.proc.wait(timeout=5)
-            for pid, start in m.tree.items():
-                stat = _proc_stat(pid)
-                if stat is not None and stat[1] == start:  # still the same process
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
+            kill_leftovers(m.tree)
         self._save_pids()
 
     def __enter__(self) -> Deployment:
@@ -833,11 +846,7 @@ def stop_from_pidfile(directory: Path, grace: float = 10.0) -> list[str]:
         if _proc_stat(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        for child, start in trees[name].items():
-            stat = _proc_stat(child)
-            if stat is not None and stat[1] == start:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(child, signal.SIGKILL)
+        kill_leftovers(trees[name])
     path.write_text("{}")
     return sorted(pids)
 

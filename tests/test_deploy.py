@@ -230,3 +230,20 @@ def test_deploy_up_refuses_a_node_whose_data_cannot_be_loaded(tmp_path: Path, ca
     assert err.startswith("error: SuperNode site-a: its data cannot be loaded")
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "fl").exists() or not any((tmp_path / "fl").rglob("*.log"))
+
+
+def test_kill_leftovers_kills_and_waits_but_spares_a_recycled_pid() -> None:
+    from fedreid.deploy import kill_leftovers
+
+    victim = subprocess.Popen(["sleep", "60"])
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        start = _proc_stat(victim.pid)[1]
+        # the bystander's pid with another start time: a pid reused since the snapshot
+        kill_leftovers({victim.pid: start, bystander.pid: "0"})
+        assert _proc_stat(victim.pid) is None, "gone (or a zombie) when the call returns"
+        assert _proc_stat(bystander.pid) is not None, "a recycled pid is not killed"
+    finally:
+        for p in (victim, bystander):
+            p.kill()
+            p.wait()
