@@ -174,7 +174,7 @@ def test_fault_config_composes_and_validates() -> None:
 # Engine: one simulation through Flower
 # --------------------------------------------------------------------------------------------
 
-TIMEOUT_S = 15.0
+TIMEOUT_S = 30.0
 SCHEDULE = {
     1: "raise",
     2: "nan",
