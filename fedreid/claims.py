@@ -46,6 +46,7 @@ from typing import Any
 
 from fedreid.compare import LABELS, METHODS, cells, client_order, fluctuation, series
 from fedreid.errors import FedReIDError
+from fedreid.recipe import differences
 from fedreid.report import Interval, mean_sd, t_interval, verdict
 
 SETUP_FREE_KEYS = ("seed", "strategy", "output_dir", "state_dir", "resume", "overwrite", "wandb")
@@ -77,30 +78,6 @@ Study = dict[str, dict[int, dict[str, Any]]]
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _recipe(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as dotted keys, without the keys that may differ between a study's runs."""
-    out: dict[str, Any] = {}
-
-    def walk(tree: dict[str, Any], prefix: str) -> None:
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk({k: v for k, v in config.items() if k not in SETUP_FREE_KEYS}, "")
-    return out
-
-
-def _recipe_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """The first key both recipes have with different values ("" if none): a setting only
-    one of them knows (added to the code between the runs) is not a difference."""
-    for key in sorted(set(a) & set(b)):
-        if a[key] != b[key] and not key.endswith("root"):
-            return f"{key}: {a[key]!r} vs {b[key]!r}"
-    return ""
-
-
 def load_study(root: Path) -> Study:
     """Finished runs under ``root`` (``**/<method>/results.json``), by method and seed.
 
@@ -125,13 +102,12 @@ def load_study(root: Path) -> Study:
         if seed in study.get(method, {}):
             raise ClaimsError(f"{method} seed {seed} appears twice under {root}")
         study.setdefault(method, {})[seed] = payload
-        recipe = _recipe(payload["config"])
         if first is None:
-            first = (path.parent, recipe)
-        elif diff := _recipe_difference(first[1], recipe):
+            first = (path.parent, payload["config"])
+        elif diff := differences(first[1], payload["config"], free=SETUP_FREE_KEYS):
             raise ClaimsError(
                 f"the runs under {root} differ in more than seed and method: {first[0]} and "
-                f"{path.parent} ({diff})"
+                f"{path.parent} ({diff[0]})"
             )
     if not study:
         raise ClaimsError(f"no finished run of {', '.join(METHODS)} under {root}")

@@ -44,6 +44,7 @@ from typing import Any
 
 from fedreid.config import Config
 from fedreid.errors import ConfigError, FedReIDError
+from fedreid.recipe import differences
 
 log = logging.getLogger("fedreid")
 
@@ -109,29 +110,10 @@ RUN_LENGTH_KEYS = ("num_rounds", "resume", "overwrite", "output_dir", "state_dir
 
 
 def same_setup(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when two run configs differ at most in their length and run folder.
-
-    Then a stopped or shorter run can be continued (``resume=true``) instead of restarted.
-    Sections that exist in only one of them (a setting added to the code since) are ignored.
-    """
-    from fedreid.config import resolve_path
-
-    def same(a: dict[str, Any], b: dict[str, Any], top: bool) -> bool:
-        for key in set(a) & set(b):
-            if top and key in RUN_LENGTH_KEYS:
-                continue
-            x, y = a[key], b[key]
-            if isinstance(x, dict) and isinstance(y, dict):
-                if not same(x, y, False):
-                    return False
-            elif key == "root" and x and y:
-                if resolve_path(str(x)) != resolve_path(str(y)):
-                    return False
-            elif x != y:
-                return False
-        return True
-
-    return same(old, new, True)
+    """True when two run configs differ at most in their length and run folder
+    (:mod:`fedreid.recipe`'s rule). Then a stopped or shorter run can be continued
+    (``resume=true``) instead of restarted."""
+    return not differences(old, new, free=RUN_LENGTH_KEYS)
 
 
 def plan_run(run_dir: Path, cfg: Config, rerun: bool) -> str:

@@ -50,6 +50,7 @@ class DataConfig:
     height: int = 128
     width: int = 64
     batch_size: int = 32
+    drop_last: bool = True  # drop an incomplete last training batch (torchreid); false keeps 2+
     eval_batch_size: int = 128
     num_workers: int = 0
     pin_memory: bool = False

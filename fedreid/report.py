@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from fedreid.errors import FedReIDError
+from fedreid.recipe import recipe
 
 IGNORED_KEYS = ("seed", "output_dir", "state_dir", "resume", "overwrite", "wandb")
 """Top-level config keys that do not define a setup (runs differing only there are seeds)."""
@@ -83,9 +84,10 @@ class Run:
 
 @dataclass
 class Group:
-    """Runs sharing a config (up to the ignored keys)."""
+    """Runs sharing a recipe (:func:`fedreid.recipe.recipe`, up to the ignored keys)."""
 
     config: dict[str, Any]
+    """The shared recipe, as dotted keys."""
     runs: list[Run]
     description: dict[str, Any] = field(default_factory=dict)
     """The config keys that differ between groups, with this group's values."""
@@ -334,22 +336,6 @@ def _figures(path: Path, payload: dict[str, Any]) -> Run | str:
     )
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _setup(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-
-
 _ABSENT = "(absent)"
 
 
@@ -361,10 +347,10 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
     """
     groups: dict[str, Group] = {}
     for run in runs:
-        setup = _setup(run.config)
+        setup = recipe(run.config, free=IGNORED_KEYS)
         key = json.dumps(setup, sort_keys=True, default=str)
         groups.setdefault(key, Group(config=setup, runs=[])).runs.append(run)
-    flats = [flatten(g.config) for g in groups.values()]
+    flats = [g.config for g in groups.values()]
     keys = sorted({k for f in flats for k in f})
     differing = [
         k for k in keys if len({json.dumps(f.get(k, _ABSENT), default=str) for f in flats}) > 1

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedreid.config import Config, compose, resolve_path
 from fedreid.errors import ConfigError, FedReIDError
+from fedreid.recipe import differences
 from fedreid.results import RunRecorder
 from fedreid.run import LoopSettings, RunInterrupted, RunLoop
 from fedreid.strategies.registry import build_strategy, label
@@ -43,32 +44,10 @@ RESUME_FREE_KEYS = ("resume", "resume_force", "overwrite", "output_dir", "num_ro
 """Settings a resumed run may change (more rounds, another log destination)."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """``key: old -> new`` for every setting that differs from the checkpoint's config.
-
-    A setting the checkpoint does not know (added to the code since) counts as unchanged
-    when it has its code default, which is how the code behaved before it existed.
-    """
-    old = _flatten({k: v for k, v in saved.items() if k not in RESUME_FREE_KEYS})
-    new = _flatten({k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS})
-    default = _flatten(Config().to_dict())
-    return [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-        and not k.endswith(("root", "data_dir", "state_dir"))
-        and not (k not in old and k in default and new.get(k) == default[k])
-    ]
+    """``key: old -> new`` for every setting that differs from the checkpoint's config
+    (:mod:`fedreid.recipe`'s rule: a resume may change the run length and folders)."""
+    return differences(saved, cfg.to_dict(), free=RESUME_FREE_KEYS)
 
 
 def check_resume(cfg: Config, out: Path) -> None:

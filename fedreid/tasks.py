@@ -17,6 +17,7 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
+from fedreid.batching import epoch_batches
 from fedreid.config import Config, resolve_path
 from fedreid.errors import ConfigError, DatasetError
 from fedreid.protocol import EVAL_LOCAL_KEY, ROUND_KEY, RUN_KEY, Upload
@@ -52,18 +53,20 @@ class Task:
     a deployment's data lives on the SuperNodes); pins what clients may report."""
     batch_size: Callable[[Config], int] = lambda cfg: cfg.data.batch_size
     """The clients' training batch size (what :func:`local_steps` divides by)."""
+    drop_last: Callable[[Config], bool] = lambda cfg: False
+    """Whether the clients' loaders drop an incomplete last batch (:mod:`fedreid.batching`)."""
 
 
 def local_steps(task: Task, cfg: Config, num_examples: int) -> int:
     """The optimizer steps a client with ``num_examples`` training examples takes in a round.
 
-    Mirrors the clients' loaders (a last batch of one is dropped) and
+    Mirrors the clients' loaders (:func:`fedreid.batching.epoch_batches`) and
     :func:`fedreid.training.train_epochs` (``train.max_batches`` per epoch, ``local_epochs``
     epochs). The server computes it from the pinned example count, so a client cannot talk
     its way into a larger allowance for the norm screen.
     """
     bs = max(task.batch_size(cfg), 1)
-    batches = -(-num_examples // bs) - (1 if num_examples % bs == 1 and num_examples > 1 else 0)
+    batches = epoch_batches(num_examples, bs, task.drop_last(cfg))
     if cfg.train.max_batches > 0:
         batches = min(batches, cfg.train.max_batches)
     return max(batches, 1) * max(cfg.train.local_epochs, 1)
@@ -226,6 +229,7 @@ TASKS: dict[str, Task] = {
         make_client=_reid_client,
         ensure_data=_reid_ensure,
         client_sizes=_reid_sizes,
+        drop_last=lambda cfg: cfg.data.drop_last,
     ),
     "classification": Task(
         name="classification",

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedreid.batching import drops_last
 from fedreid.config import DataConfig, TrainConfig
 from fedreid.data.transforms import ImageDataset, build_transforms
 from fedreid.data.types import Item
@@ -41,12 +42,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_loader(items: Sequence[Item], data: DataConfig, seed: int) -> DataLoader:
-    """Shuffled, augmented loader; drops a last batch of one (BatchNorm1d cannot train on it)."""
+    """Shuffled, augmented loader; the last batch is dropped as :func:`drops_last` says."""
     if not items:
         raise DatasetError("empty training set")
     ds = ImageDataset(items, build_transforms(data.height, data.width, train=True))
     gen = torch.Generator().manual_seed(seed)
-    drop_last = len(ds) % data.batch_size == 1
+    drop_last = drops_last(len(ds), data.batch_size, data.drop_last)
     return DataLoader(
         ds,
         batch_size=data.batch_size,

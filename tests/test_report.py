@@ -117,7 +117,7 @@ def test_grouping_and_figures(sweep: Path) -> None:
     fedpav, local = report.groups
     assert fedpav.seeds == [0, 1, 2] and local.seeds == [0, 1, 2]
     assert "seed" not in fedpav.config and "wandb" not in fedpav.config
-    assert fedpav.config["data"]["seed"] == 0  # nested keys named seed are part of the setup
+    assert fedpav.config["data.seed"] == 0  # nested keys named seed are part of the setup
 
     fp = {k: [run.summary[k] for run in fedpav.runs] for k in fedpav.runs[0].summary}
     assert fp["final_rank1"] == [0.625, 0.75, 0.875]

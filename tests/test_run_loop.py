@@ -319,8 +319,8 @@ def test_norm_screen_counts_steps_not_examples_under_a_step_cap(tmp_path: Path, 
 
     cfg = compose(["train.max_batches=3", "data.batch_size=32"])
     steps = functools.partial(local_steps, TASKS["reid"], cfg)
-    # 33 = one batch of 32 + a batch of one, dropped (BatchNorm); 1000: capped at 3
-    assert [steps(n) for n in (10, 33, 34, 1000)] == [1, 1, 2, 3]
+    # 10: one short batch; 33, 34: the incomplete last batch is dropped; 1000: capped at 3
+    assert [steps(n) for n in (10, 33, 34, 1000)] == [1, 1, 1, 3]
     clients = {i: named_client(f"c{i}", 1.0, sizes=[100]) for i in (1, 2, 3)}
     clients[4] = named_client("big", 20.0, sizes=[1000])  # 10x the data, same 3 steps
     strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
@@ -351,7 +351,7 @@ def test_a_setting_added_since_the_checkpoint_is_unchanged_at_its_default() -> N
     del saved["eval_local"]  # a checkpoint from before the setting existed
     assert config_changes(saved, compose(["data=tiny", "eval_local=every"])) == []
     changes = config_changes(saved, compose(["data=tiny", "eval_local=last"]))
-    assert changes == ["eval_local: None -> 'last'"]
+    assert changes == ["eval_local: 'every' -> 'last'"]
 
 
 def test_eval_local_is_validated() -> None:

@@ -53,9 +53,31 @@ def strategy_runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from fedreid.simulation import simulate_many
 
     base = tmp_path_factory.mktemp("strategies")
-    outcome = simulate_many([strategy_cfg(s, tiny_root, base / s) for s in STRATEGIES])
+    cfgs = [strategy_cfg(s, tiny_root, base / s) for s in STRATEGIES]
+    outcome = simulate_many([*cfgs, uncapped_cfg(tiny_root, base / "uncapped")])
     assert set(outcome.values()) == {"finished"}, outcome
     return base
+
+
+def uncapped_cfg(root: Path, out: Path):
+    """The README's smoke run: FedPav on the tiny preset at the default batch size and image
+    size, every batch of every epoch (ilids: 34 images = 32 + 2)."""
+    return compose(
+        ["data=tiny", "model.arch=resnet_mini", f"data.root={root}", "num_rounds=2"]
+        + [f"output_dir={out}"]
+    )
+
+
+def test_smoke_run_excludes_no_honest_client(strategy_runs: Path) -> None:
+    """Regression: the last batch of 2 images gave ilids a per-step update 25-29x the round's
+    median, and the norm screen excluded it every round (exit 3). Dropping incomplete last
+    batches (``data.drop_last``, the default) keeps every honest client in."""
+    results = json.loads((strategy_runs / "uncapped" / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert results["config"]["train"]["max_batches"] == 0  # really uncapped
+    for r in results["rounds"]:
+        assert "excluded" not in r["server"], r["server"]
+        assert set(r["clients"]) == {"market1501", "cuhk03", "ilids"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

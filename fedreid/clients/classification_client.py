@@ -35,6 +35,7 @@ from flwr.app import RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedreid.batching import drops_last
 from fedreid.clients.hidenseek_client import SignProtocol, score_optimizer
 from fedreid.clients.reid_client import FitResult
 from fedreid.clients.state import ClientState
@@ -60,7 +61,7 @@ def _loader(data: ClientData, cfg: Config, seed: int) -> DataLoader:
         batch_size=bs,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
-        drop_last=n % bs == 1 and n > 1,  # BatchNorm (ResNet-18) cannot train on one sample
+        drop_last=drops_last(n, bs, drop_last=False),  # HideNseek's setting keeps the rest
     )
 
 
