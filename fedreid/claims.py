@@ -241,9 +241,7 @@ def _value(claim: Claim, side: str, fig: RunFigures, large: list[str]) -> float:
     return 100 * getattr(fig, name)
 
 
-def judge(
-    study: Study, figures: dict[str, dict[int, RunFigures]], claim: Claim, large: list[str]
-) -> Judged:
+def judge(figures: dict[str, dict[int, RunFigures]], claim: Claim, large: list[str]) -> Judged:
     """Per-seed differences of one claim, their interval and verdict."""
     seeds = sorted(set(figures[claim.a]) & set(figures[claim.b]))
     diffs = [
@@ -293,7 +291,7 @@ def analyse(study: Study, target: float, large_count: int = 3) -> dict[str, Any]
         }
         for m in methods
     }
-    judged = [judge(study, figures, c, large) for c in claims_for(study, large)]
+    judged = [judge(figures, c, large) for c in claims_for(study, large)]
     return {
         "target_rank1": target,
         "large_clients": large,
