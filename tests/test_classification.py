@@ -21,7 +21,12 @@ from fedreid.clients.classification_client import (
 from fedreid.clients.hidenseek_client import global_model
 from fedreid.clients.state import ClientState
 from fedreid.config import Config, compose
-from fedreid.data.classification import client_data, dirichlet_partition, load_pool
+from fedreid.data.classification import (
+    client_data,
+    dirichlet_partition,
+    iid_partition,
+    load_pool,
+)
 from fedreid.errors import ConfigError
 from fedreid.models.builder import classification_model
 from fedreid.protocol import MASK, MASK_KEY, SIGNS, W0_KEY
@@ -44,6 +49,30 @@ def test_dirichlet_partition_deterministic_disjoint_covering() -> None:
     assert np.abs(hist - hist.mean(0)).max() > 0.1
     with pytest.raises(ConfigError):
         dirichlet_partition(labels, 5, alpha=0.0, seed=0)
+
+
+def test_iid_partition_equal_shares_with_the_pool_label_mix() -> None:
+    _, labels = load_pool("digits")
+    parts = iid_partition(len(labels), 5, seed=3)
+    assert [len(p) for p in parts] == [360, 360, 359, 359, 359]
+    flat = np.concatenate(parts)
+    assert len(set(flat.tolist())) == len(labels)  # disjoint, covers everything
+    again = iid_partition(len(labels), 5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    assert not np.array_equal(parts[0], iid_partition(len(labels), 5, seed=4)[0])
+    # every client's label mix is close to the pool's (10 classes, ~36 each)
+    hist = np.stack([np.bincount(labels[p], minlength=10) / len(p) for p in parts])
+    assert np.abs(hist - np.bincount(labels) / len(labels)).max() < 0.05
+    with pytest.raises(ConfigError):
+        iid_partition(3, 5, seed=0)
+
+
+def test_partition_is_a_checked_choice() -> None:
+    iid = compose(["classification.partition=iid"], config_name="classify")
+    dirichlet = compose([], config_name="classify")
+    assert client_data(iid, 0).num_train != client_data(dirichlet, 0).num_train
+    with pytest.raises(ConfigError, match="classification.partition"):
+        compose(["classification.partition=uniform"], config_name="classify")
 
 
 def test_client_data_is_a_disjoint_train_test_split() -> None:

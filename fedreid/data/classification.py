@@ -16,7 +16,9 @@ mixes differ (non-IID). This module gives every client its share of one labelled
 * the pool is split across ``classification.num_clients`` clients by label with
   :class:`flwr_datasets.partitioner.DirichletPartitioner` (concentration
   ``classification.alpha``, seeded with the run's ``seed``) over a ``datasets.Dataset`` built
-  from the labels, so the partition is deterministic, disjoint and covers the pool;
+  from the labels, so the partition is deterministic, disjoint and covers the pool; or, with
+  ``classification.partition=iid``, shuffled into equal shares with flwr-datasets'
+  :class:`~flwr_datasets.partitioner.IidPartitioner` (the IID reference point);
 * each client holds out ``classification.test_fraction`` of its own share (a seeded random
   split) for federated evaluation: accuracy on the client's own label mix.
 
@@ -309,11 +311,35 @@ def _standardise(x: np.ndarray, info: DatasetInfo) -> torch.Tensor:
     return (torch.from_numpy(np.ascontiguousarray(x)) - mean) / std
 
 
+def iid_partition(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Shuffle sample indices into equal shares with flwr-datasets' :class:`IidPartitioner`.
+
+    Examples:
+        >>> parts = iid_partition(10, 3, seed=0)
+        >>> [len(p) for p in parts], sorted(np.concatenate(parts).tolist()) == list(range(10))
+        ([4, 3, 3], True)
+    """
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    if not 1 <= num_partitions <= num_samples:
+        raise ConfigError(f"{num_samples} samples cannot feed {num_partitions} clients")
+    table = Dataset.from_dict({"index": list(range(num_samples))}).shuffle(seed=seed)
+    partitioner = IidPartitioner(num_partitions=num_partitions)
+    partitioner.dataset = table
+    return [
+        np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64))
+        for i in range(num_partitions)
+    ]
+
+
 @lru_cache(maxsize=4)
 def _partitions(
-    name: str, data_dir: str, num_clients: int, alpha: float, seed: int
+    name: str, data_dir: str, num_clients: int, partition: str, alpha: float, seed: int
 ) -> tuple[np.ndarray, ...]:
     _, labels = load_pool(name, data_dir)
+    if partition == "iid":
+        return tuple(iid_partition(len(labels), num_clients, seed))
     return tuple(dirichlet_partition(labels, num_clients, alpha, seed))
 
 
@@ -329,7 +355,7 @@ def client_data(cfg: Config, index: int) -> ClientData:
         raise ConfigError(f"client index {index} but classification.num_clients={c.num_clients}")
     info = dataset_info(c.dataset)
     images, labels = load_pool(c.dataset, c.data_dir)
-    idx = _partitions(c.dataset, c.data_dir, c.num_clients, c.alpha, cfg.seed)[index]
+    idx = _partitions(c.dataset, c.data_dir, c.num_clients, c.partition, c.alpha, cfg.seed)[index]
     rng = np.random.default_rng([cfg.seed, index])
     idx = idx[rng.permutation(len(idx))]
     n_test = int(round(c.test_fraction * len(idx)))
