@@ -71,7 +71,7 @@ log = logging.getLogger("fedreid")
 
 METHODS: dict[str, list[str]] = {
     "fedavg": ["strategy=fedavg"],
-    "hidenseek": ["strategy=hidenseek"],
+    "hidenseek": ["strategy=hidenseek", "strategy.keep_scores=false"],
     "hidenseek_keep": ["strategy=hidenseek", "strategy.keep_scores=true"],
     "binary": ["strategy=hidenseek_binary"],
     "binary_all": ["strategy=hidenseek_binary", "strategy.binary_scope=all"],
@@ -86,6 +86,12 @@ LABELS = {
     "fedpm": "FedPM mask, same subnetwork",
 }
 DEFAULT_METHODS = ["fedavg", "hidenseek", "binary", "fedpm"]
+LR_GRID: dict[str, list[float]] = {
+    "fedavg": [0.003, 0.01, 0.03, 0.1],
+    **{m: [0.1, 0.3, 1.0, 3.0] for m in ("hidenseek", "hidenseek_keep", "binary", "fedpm")},
+}
+"""``--sweep``'s learning rates per method: ``classification.lr`` for FedAvg, the mask
+methods' ``strategy.score_lr``. The chosen values live in ``conf/classify_strategy/``."""
 
 
 def overrides(args: argparse.Namespace, seed: int) -> list[str]:
@@ -97,33 +103,59 @@ def overrides(args: argparse.Namespace, seed: int) -> list[str]:
         f"train.local_epochs={args.local_epochs}",
         f"train.max_batches={args.max_batches}",
         f"classification.dataset={args.dataset}",
+        f"classification.partition={args.partition}",
         f"classification.alpha={args.alpha}",
         f"classification.num_clients={args.clients}",
         f"classification.model={args.model}",
         f"strategy.density={args.density}",
         f"strategy.synflow_iterations={args.synflow_iterations}",
-        f"strategy.score_lr={args.score_lr}",
     ]
 
 
-def finished(run_dir: Path) -> bool:
-    path = run_dir / "results.json"
-    return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
+def lr_overrides(method: str, args: argparse.Namespace, lr: float | None) -> list[str]:
+    """The method's learning rate: ``lr`` (a sweep), else ``--lr``/``--score-lr``, else the
+    value chosen in its config file (no override)."""
+    dense = method == "fedavg"
+    key = "classification.lr" if dense else "strategy.score_lr"
+    value = lr if lr is not None else (args.lr if dense else args.score_lr)
+    return [] if value is None else [f"{key}={value}"]
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
-    """One simulation into ``out/method/seed<k>`` (skipped when already finished)."""
+def run_config(method: str, seed: int, args: argparse.Namespace, run_dir: Path, lr=None):
+    """The composed config of one run."""
     from fedreid.config import compose
+
+    extra = [*METHODS[method], *lr_overrides(method, args, lr)]
+    return compose(
+        [*overrides(args, seed), *extra, f"output_dir={run_dir}", "overwrite=true"], "classify"
+    )
+
+
+def reusable(run_dir: Path, cfg) -> dict[str, Any] | None:
+    """The finished run in ``run_dir`` if it was made with ``cfg``'s recipe, else None."""
+    from fedreid.recipe import differences
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    if payload.get("status") != "finished":
+        return None
+    if diff := differences(payload["config"], cfg.to_dict(), free=("output_dir", "overwrite")):
+        log.info("%s was made with another recipe (%s)", run_dir, "; ".join(diff[:3]))
+        return None
+    return payload
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, root: Path, lr=None) -> None:
+    """One simulation into ``root/method/seed<k>`` (reused when finished with this recipe)."""
     from fedreid.simulation import simulate
 
-    run_dir = args.out / method / f"seed{seed}"
-    if finished(run_dir) and not args.rerun:
+    run_dir = root / method / f"seed{seed}"
+    cfg = run_config(method, seed, args, run_dir, lr)
+    if not args.rerun and reusable(run_dir, cfg) is not None:
         log.info("%s seed %d: reusing %s", method, seed, run_dir)
         return
-    cfg = compose(
-        [*overrides(args, seed), *METHODS[method], f"output_dir={run_dir}", "overwrite=true"],
-        "classify",
-    )
     start = time.time()
     simulate(cfg)
     log.info("%s seed %d: %.0fs", method, seed, time.time() - start)
@@ -143,7 +175,8 @@ def _n_test(config: dict[str, Any]) -> dict[str, int]:
     from fedreid.data.classification import client_data
 
     c = config["classification"]
-    key = (c["dataset"], c["num_clients"], c["alpha"], c["test_fraction"], config["seed"])
+    split = (c.get("partition", "dirichlet"), c["alpha"], c["test_fraction"])
+    key = (c["dataset"], c["num_clients"], *split, config["seed"])
     if key not in _N_TEST:
         cfg = from_container(config)
         _N_TEST[key] = {f"client{i}": client_data(cfg, i).num_test for i in range(c["num_clients"])}
@@ -159,8 +192,9 @@ def _down(m: dict[str, Any]) -> float:
 
 def figures(payload: dict[str, Any], target: float) -> dict[str, Any]:
     """Accuracy per round, time and bytes to ``target``, bits per weight, train time."""
+    config = payload["config"]
     rounds = sorted(payload["rounds"], key=lambda r: r["round"])
-    n_test = _n_test(payload["config"])
+    n_test = _n_test(config)
     acc, wall, cum_bytes, bpw = [], [], [], []
     elapsed = float(rounds[0]["server"].get("synflow_s", 0.0)) if rounds else 0.0
     total = 0.0
@@ -196,6 +230,9 @@ def figures(payload: dict[str, Any], target: float) -> dict[str, Any]:
         "xor_entropy": [r["server"].get("xor_entropy", float("nan")) for r in rounds],
         "bits": rounds[0]["server"].get("bits"),
         "synflow_s": rounds[0]["server"].get("synflow_s", 0.0),
+        "lr": config["classification"]["lr"]
+        if config["strategy"]["name"] == "fedavg"
+        else config["strategy"]["score_lr"],
     }
 
 
@@ -241,24 +278,69 @@ def _bytes(x: float) -> str:
     return f"{x:.0f} B"
 
 
-def collect(args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
+def collect(
+    args: argparse.Namespace, root: Path | None = None, lr: float | None = None
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Figures of the finished runs made with this invocation's recipe, by method and seed."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for method in args.methods:
         for seed in args.seeds:
-            run_dir = args.out / method / f"seed{seed}"
-            if finished(run_dir):
-                payload = json.loads((run_dir / "results.json").read_text())
+            run_dir = (root or args.out) / method / f"seed{seed}"
+            payload = reusable(run_dir, run_config(method, seed, args, run_dir, lr))
+            if payload is not None:
                 out.setdefault(method, {})[seed] = figures(payload, args.target)
     return out
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Each method over its :data:`LR_GRID` (``--out/lr<v>/<method>/seed<k>``); the best
+    learning rate per method by the mean accuracy of the last three rounds (less noisy than
+    the final round alone; averaged over the sweep's seeds)."""
+    if not args.report_only:
+        for seed in args.seeds:
+            for method in args.methods:
+                for lr in LR_GRID[method]:
+                    run_one(method, seed, args, args.out / f"lr{lr:g}", lr)
+    width = max(len(LR_GRID[m]) for m in args.methods)
+    lines = [
+        f"Learning-rate sweep, seeds {args.seeds}: accuracy %, mean of the last 3 rounds "
+        "(final round; best round), averaged over the seeds",
+        "",
+        "| method | lr: last 3 (final; best) |" + " |" * (width - 1) + " chosen lr |",
+        "|---|" + "---|" * (width + 1),
+    ]
+    chosen: dict[str, float] = {}
+    for method in args.methods:
+        cells, finals = [], {}
+        for lr in LR_GRID[method]:
+            figs = list(collect(args, args.out / f"lr{lr:g}", lr).get(method, {}).values())
+            if figs:
+                finals[lr] = _mean([_mean(f["acc"][-3:]) for f in figs])
+                final = _mean([f["final"] for f in figs])
+                best = _mean([f["best"] for f in figs])
+                pct = f"{100 * finals[lr]:.1f} ({100 * final:.1f}; {100 * best:.1f})"
+                cells.append(f"{lr:g}: {pct}")
+            else:
+                cells.append(f"{lr:g}: -")
+        if finals:
+            chosen[method] = max(finals, key=lambda lr: finals[lr])
+        choice = chosen.get(method, "-")
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {choice} |")
+    text = "\n".join(lines)
+    print(text)
+    return {"chosen": chosen, "markdown": text}
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     runs = collect(args)
     lines = [
-        f"Setting: {args.dataset}, {args.clients} clients, Dirichlet {args.alpha}, "
+        f"Setting: {args.dataset}, {args.clients} clients, "
+        f"{'IID' if args.partition == 'iid' else f'Dirichlet {args.alpha}'}, "
         f"{args.model}, density {args.density}, {args.rounds} rounds x {args.local_epochs} local "
-        f"epoch(s) of at most {args.max_batches or 'all'} batches, score_lr {args.score_lr}; "
-        f"target accuracy {100 * args.target:.0f}%. Mean ± sd over seeds.",
+        f"epoch(s) of at most {args.max_batches or 'all'} batches; target accuracy "
+        f"{100 * args.target:.0f}%; learning rates "
+        + ", ".join(f"{m} {next(iter(r.values()))['lr']:g}" for m, r in runs.items())
+        + ". Mean ± sd over seeds.",
         "",
         "| method | seeds | final acc % | best acc % | rounds to target (reached) | "
         "wall s to target | bytes to target | up / client / round | down / client / round "
@@ -531,12 +613,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--max-batches", type=int, default=10)
     parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--partition", default="dirichlet", choices=["dirichlet", "iid"])
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--model", default="conv4")
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--synflow-iterations", type=int, default=20)
-    parser.add_argument("--score-lr", type=float, default=1.0)
+    parser.add_argument("--score-lr", type=float, default=None, help="default: config file")
+    parser.add_argument("--lr", type=float, default=None, help="FedAvg's; default: config file")
+    parser.add_argument("--sweep", action="store_true", help="each method over LR_GRID")
     parser.add_argument("--target", type=float, default=0.8)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "hidenseek_evidence")
     parser.add_argument("--rerun", action="store_true")
@@ -544,11 +629,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.report_only:
-        for seed in args.seeds:  # seed-major: an interrupted sweep leaves complete seeds
-            for method in args.methods:
-                run_one(method, seed, args)
-    result = report(args)
+    if args.sweep:
+        result = sweep(args)
+    else:
+        if not args.report_only:
+            for seed in args.seeds:  # seed-major: an interrupted study leaves complete seeds
+                for method in args.methods:
+                    run_one(method, seed, args, args.out)
+        result = report(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))

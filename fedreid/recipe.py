@@ -5,7 +5,8 @@ A run's recipe is its config as dotted keys. Three things are not part of it:
 
 - keys the caller frees (the run length for a resume, the seed for a study);
 - :data:`SPEED_KEYS`, which change how fast a run goes but not what it computes;
-- folders (``*root``, ``*data_dir``, ``*state_dir``), since data and runs may move.
+- folders (``*root``, ``*data_dir``, ``*state_dir``), since data and runs may move;
+- the sections the run's task does not read (:data:`UNUSED_BY_TASK`).
 
 A key a saved config does not have (the code gained it after the run was made) takes the
 value that reproduces how the code behaved before: :data:`LEGACY_VALUES` where the new
@@ -28,6 +29,12 @@ LEGACY_VALUES: dict[str, Any] = {
 """Keys added after runs were made whose code default differs from the old behaviour."""
 
 PATH_SUFFIXES = ("root", "data_dir", "state_dir")
+
+UNUSED_BY_TASK: dict[str, tuple[str, ...]] = {
+    "reid": ("classification",),
+    "classification": ("data", "model", "eval_local"),  # it reads classification.* instead
+}
+"""Config sections (top-level keys) a task never reads."""
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,6 +71,7 @@ def recipe(config: Mapping[str, Any], free: Collection[str] = ()) -> dict[str, A
     flat = flatten(config)
     for key, default in _defaults().items():
         flat.setdefault(key, LEGACY_VALUES.get(key, default))
+    free = (*free, *UNUSED_BY_TASK.get(str(flat.get("task")), ()))
     return {k: v for k, v in flat.items() if not _free(k, free)}
 
 

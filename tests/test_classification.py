@@ -304,3 +304,23 @@ def test_fedpm_client_uploads_one_coded_draw() -> None:
     assert np.array_equal(again.shared[SIGNS].numpy(), payload)  # seeded draws: reproducible
     metrics = client.evaluate({PROBS: torch.from_numpy(probs)})
     assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_each_method_takes_its_learning_rate_from_its_classify_file() -> None:
+    """conf/classify.yaml picks conf/classify_strategy/<strategy>.yaml; overrides still win."""
+    import yaml
+
+    from fedreid.config import CONF_DIR
+
+    for strategy in ("hidenseek", "hidenseek_binary", "hidenseek_fedpm", "fedavg"):
+        chosen = yaml.safe_load((CONF_DIR / "classify_strategy" / f"{strategy}.yaml").read_text())
+        cfg = compose([f"strategy={strategy}"], config_name="classify")
+        if strategy == "fedavg":
+            assert cfg.classification.lr == chosen["classification"]["lr"]
+        else:
+            assert cfg.strategy.score_lr == chosen["strategy"]["score_lr"]
+            assert cfg.strategy.keep_scores == chosen["strategy"].get("keep_scores", False)
+    cfg = compose(["strategy=hidenseek", "strategy.score_lr=7"], config_name="classify")
+    assert cfg.strategy.score_lr == 7
+    # the ReID setting keeps the strategy file's own value
+    assert compose(["strategy=hidenseek"]).strategy.score_lr == 0.3

@@ -77,3 +77,13 @@ def test_a_removed_setting_on_one_side_is_not_a_difference() -> None:
     b = {**a, "gone": 1}
     assert differences(a, b) == []
     assert differences({**a, "gone": 2}, b) == ["gone: 2 -> 1"]
+
+
+def test_sections_a_task_does_not_read_are_not_its_recipe() -> None:
+    a = compose([], config_name="classify").to_dict()
+    b = compose(["data.drop_last=false", "model.arch=resnet50"], config_name="classify")
+    assert differences(a, b.to_dict()) == []
+    reid = compose(["data.drop_last=false"]).to_dict()
+    assert differences(compose([]).to_dict(), reid) == ["data.drop_last: True -> False"]
+    other = compose(["classification.alpha=0.1"]).to_dict()
+    assert differences(compose([]).to_dict(), other) == []
