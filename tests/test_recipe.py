@@ -63,7 +63,7 @@ def test_missing_keys_take_their_legacy_value() -> None:
 def test_free_speed_and_path_keys_are_not_the_recipe() -> None:
     a = compose(["data=tiny"]).to_dict()
     b = compose(
-        ["data=tiny", "data.eval_batch_size=32", "data.root=/elsewhere", "seed=3", "num_rounds=9"]
+        ["data=tiny", "data.eval_batch_size=64", "data.root=/elsewhere", "seed=3", "num_rounds=9"]
     ).to_dict()
     assert differences(a, b, free=("seed", "num_rounds")) == []
     assert differences(a, b) == [f"num_rounds: {a['num_rounds']} -> 9", "seed: 0 -> 3"]
