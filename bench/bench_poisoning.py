@@ -83,11 +83,19 @@ def summarise(folder: Path, hostile: str) -> tuple[float, float, str]:
     return sum(honest) / max(len(honest), 1), norm, outcome
 
 
-def reusable(folder: Path, hostile: str) -> bool:
-    """A run of an earlier invocation that finished with every honest client heard from
-    (delete its folder to run it again)."""
+def reusable(cfg, hostile: str) -> bool:
+    """A run of an earlier invocation, made with ``cfg``'s recipe, that finished with every
+    honest client heard from (delete its folder to run it again)."""
+    from fedreid.recipe import differences
     from fedreid.simulation import ClientsFailed, check_outcome
 
+    folder = Path(cfg.output_dir)
+    try:
+        saved = json.loads((folder / "results.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    if differences(saved, cfg.to_dict(), free=("output_dir", "overwrite")):
+        return False
     try:
         check_outcome(str(folder))
     except ClientsFailed as err:
@@ -124,7 +132,7 @@ def main() -> int:
         name: compose([*common, *opts, f"output_dir={args.out / name.replace(' / ', '__')}"])
         for name, opts in table.items()
     }
-    todo = [cfg for cfg in cfgs.values() if not reusable(Path(cfg.output_dir), hostile)]
+    todo = [cfg for cfg in cfgs.values() if not reusable(cfg, hostile)]
     start = time.time()
     if todo:
         simulate_many(todo)

@@ -109,23 +109,26 @@ RUN_LENGTH_KEYS = ("num_rounds", "resume", "overwrite", "output_dir", "state_dir
 """Config keys that may differ between a run and its continuation."""
 
 
-def same_setup(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when two run configs differ at most in their length and run folder
-    (:mod:`fedreid.recipe`'s rule). Then a stopped or shorter run can be continued
-    (``resume=true``) instead of restarted."""
-    return not differences(old, new, free=RUN_LENGTH_KEYS)
-
-
 def plan_run(run_dir: Path, cfg: Config, rerun: bool) -> str:
     """``reuse``, ``resume`` or ``fresh`` for one method's run folder.
 
     A finished run with the same setup and at least the requested rounds is reused; one with
     the same setup, a checkpoint and fewer rounds (stopped, or a shorter comparison being
-    extended) is continued; anything else starts again.
+    extended) is continued; an empty folder, or a run of the same setup that cannot be
+    continued, starts again.
+
+    Raises:
+        ConfigError: the folder holds a run with another setup, and ``rerun`` is off: nothing
+            already saved is replaced unless asked (``--rerun``).
     """
     prev = None if rerun else read_results(run_dir)
-    if prev is None or not same_setup(prev.get("config", {}), cfg.to_dict()):
+    if prev is None:
         return "fresh"
+    if diff := differences(prev.get("config", {}), cfg.to_dict(), free=RUN_LENGTH_KEYS):
+        raise ConfigError(
+            f"{run_dir} holds a run with another setup ({'; '.join(diff[:3])}); pass --rerun "
+            "to replace it, or choose another --out"
+        )
     done = max((int(r["round"]) for r in prev.get("rounds", [])), default=0)
     if prev.get("status") == "finished" and done >= cfg.num_rounds:
         return "reuse"
@@ -164,6 +167,11 @@ def run_all(
     check_overrides(overrides)
     if not any(o.split("=", 1)[0] == "eval_local" for o in overrides):
         overrides = ["eval_local=every", *overrides]  # the tables' "best" of the Local columns
+    planned = []  # every folder is checked before anything runs
+    for method in methods:
+        cfg = compose([*overrides, f"strategy={method}"])
+        cfg.output_dir = str((out / method).resolve())
+        planned.append((method, cfg, plan_run(out / method, cfg, rerun)))
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "comparison.json"
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -171,11 +179,8 @@ def run_all(
     meta_path.write_text(json.dumps(meta, indent=1))
     simulate = _simulate()
     status: dict[str, str] = {}
-    for i, method in enumerate(methods, 1):
+    for i, (method, cfg, plan) in enumerate(planned, 1):
         run_dir = out / method
-        cfg = compose([*overrides, f"strategy={method}"])
-        cfg.output_dir = str(run_dir.resolve())
-        plan = plan_run(run_dir, cfg, rerun)
         if plan == "reuse":
             log.info("[%d/%d] %s: reusing the finished run in %s", i, len(methods), method, run_dir)
             status[method] = "reused"

@@ -218,5 +218,24 @@ def test_compare_plans_reuse_resume_or_fresh(tmp_path: Path) -> None:
     assert compare.plan_run(run_dir, cfg, rerun=False) == "fresh"  # ... if there is one
     (run_dir / "checkpoint.pt").write_bytes(b"x")
     assert compare.plan_run(run_dir, cfg, rerun=False) == "resume"
-    cfg.seed = 1  # another setup: start again
-    assert compare.plan_run(run_dir, cfg, rerun=False) == "fresh"
+    cfg.seed = 1  # another setup: refused, nothing saved is replaced unless asked
+    with pytest.raises(ConfigError, match=r"another setup \(seed: 0 -> 1\); pass --rerun"):
+        compare.plan_run(run_dir, cfg, rerun=False)
+    assert compare.plan_run(run_dir, cfg, rerun=True) == "fresh"
+
+
+def test_compare_refuses_to_replace_a_run_of_another_setup(tmp_path: Path, capsys) -> None:
+    """A finished run made with another recipe stays as it is: one error line, exit 2, and
+    nothing in the folder changes (not even comparison.json)."""
+    fake_run(tmp_path, "fedpav", {"a": [0.1, 0.2]})
+    results = tmp_path / "fedpav" / "results.json"
+    payload = json.loads(results.read_text())
+    payload["config"] = compose(["data=tiny", "seed=5"]).to_dict()
+    results.write_text(json.dumps(payload))
+    before = results.read_text()
+    code = compare.main(["--out", str(tmp_path), "--methods", "fedpav", "data=tiny"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "seed: 5 -> 0" in err[0]
+    assert results.read_text() == before
+    assert not (tmp_path / "comparison.json").exists()
