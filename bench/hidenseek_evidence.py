@@ -131,20 +131,25 @@ def run_config(method: str, seed: int, args: argparse.Namespace, run_dir: Path, 
     )
 
 
-def reusable(run_dir: Path, cfg) -> dict[str, Any] | None:
-    """The finished run in ``run_dir`` if it was made with ``cfg``'s recipe, else None."""
+def recipe_change(run_dir: Path, cfg) -> str:
+    """How the run saved in ``run_dir`` differs from ``cfg``'s recipe ("" if it does not, or
+    if there is none)."""
     from fedreid.recipe import differences
 
     path = run_dir / "results.json"
     if not path.is_file():
+        return ""
+    saved = json.loads(path.read_text())["config"]
+    return "; ".join(differences(saved, cfg.to_dict(), free=("output_dir", "overwrite"))[:3])
+
+
+def reusable(run_dir: Path, cfg) -> dict[str, Any] | None:
+    """The finished run in ``run_dir`` if it was made with ``cfg``'s recipe, else None."""
+    path = run_dir / "results.json"
+    if not path.is_file() or recipe_change(run_dir, cfg):
         return None
     payload = json.loads(path.read_text())
-    if payload.get("status") != "finished":
-        return None
-    if diff := differences(payload["config"], cfg.to_dict(), free=("output_dir", "overwrite")):
-        log.info("%s was made with another recipe (%s)", run_dir, "; ".join(diff[:3]))
-        return None
-    return payload
+    return payload if payload.get("status") == "finished" else None
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace, root: Path, lr=None) -> None:
@@ -156,6 +161,13 @@ def run_one(method: str, seed: int, args: argparse.Namespace, root: Path, lr=Non
     if not args.rerun and reusable(run_dir, cfg) is not None:
         log.info("%s seed %d: reusing %s", method, seed, run_dir)
         return
+    if not args.rerun and (change := recipe_change(run_dir, cfg)):
+        print(
+            f"error: {run_dir} holds a run with another recipe ({change}); pass --rerun to "
+            "replace it, or choose another --out",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     start = time.time()
     simulate(cfg)
     log.info("%s seed %d: %.0fs", method, seed, time.time() - start)
