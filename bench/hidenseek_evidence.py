@@ -87,7 +87,7 @@ LABELS = {
 }
 DEFAULT_METHODS = ["fedavg", "hidenseek", "binary", "fedpm"]
 LR_GRID: dict[str, list[float]] = {
-    "fedavg": [0.003, 0.01, 0.03, 0.1],
+    "fedavg": [0.001, 0.003, 0.01, 0.03, 0.1],
     **{m: [0.1, 0.3, 1.0, 3.0, 10.0] for m in ("hidenseek", "hidenseek_keep", "binary", "fedpm")},
 }
 """``--sweep``'s learning rates per method: ``classification.lr`` for FedAvg, the mask
