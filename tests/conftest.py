@@ -15,6 +15,36 @@ from fedreid.config import Config
 
 torch.set_num_threads(1)
 
+FLOWER_MODULES = frozenset(
+    {
+        "test_bad_input",
+        "test_classification",
+        "test_cli",
+        "test_composition",
+        "test_faults",
+        "test_hidenseek",
+        "test_interrupt",
+        "test_packaging",
+        "test_pretrain",
+        "test_resume",
+        "test_run_state",
+        "test_strategies_sim",
+    }
+)
+"""Modules whose tests start Flower's simulation engine (Ray) or whole runs in subprocesses.
+Under pytest-xdist (``-n 2 --dist loadgroup``, as CI runs) they form one group on one worker,
+so two simulations never share the 2 cores and time out; the deployment test (mostly waiting
+for Flower's heartbeat expiry) and the unit tests run beside them."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in FLOWER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("flower"))
+        elif module == "test_deploy":
+            item.add_marker(pytest.mark.xdist_group("deploy"))
+
 
 def write_market(
     root: Path,
