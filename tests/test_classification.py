@@ -179,7 +179,9 @@ def test_two_rounds_classification_through_flower(strategy: str, two_round_runs:
                 # a coded upload: at most the packed bits + 5 header bytes (+ record overhead)
                 assert m["bytes_up"] <= math.ceil(n / 8) + 600
                 assert 0 < m["upload_bpw"] <= 8 * (math.ceil(n / 8) + 5) / n
-                assert dense_bytes / m["bytes_up"] >= 30 / cfg.strategy.density
+                # 32x per surviving weight at most; the reply's ~200 bytes of metrics and
+                # name cost FedPM's near-incompressible draws (3,065 of 2,862 packed bytes)
+                assert dense_bytes / m["bytes_up"] >= 28 / cfg.strategy.density
                 if strategy == "hidenseek_fedpm":  # uint8 keep-probabilities down
                     assert m["bytes_down"] >= n
             else:
