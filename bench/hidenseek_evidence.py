@@ -78,7 +78,7 @@ METHODS: dict[str, list[str]] = {
     "fedpm": ["strategy=hidenseek_fedpm"],
 }
 LABELS = {
-    "fedavg": "FedAvg (dense float32)",
+    "fedavg": "FedAvg (dense, float32 messages)",
     "hidenseek": "HideNseek (sign, reset each round)",
     "hidenseek_keep": "HideNseek (sign, keeps own magnitudes)",
     "binary": "Binary mask, same subnetwork",
