@@ -131,25 +131,28 @@ def run_config(method: str, seed: int, args: argparse.Namespace, run_dir: Path, 
     )
 
 
-def recipe_change(run_dir: Path, cfg) -> str:
-    """How the run saved in ``run_dir`` differs from ``cfg``'s recipe ("" if it does not, or
-    if there is none)."""
+def _saved(run_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` payload of ``run_dir`` (None when there is none)."""
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recipe_change(payload: dict[str, Any] | None, cfg) -> str:
+    """How a saved run differs from ``cfg``'s recipe ("" if it does not, or if there is none)."""
     from fedreid.recipe import differences
 
-    path = run_dir / "results.json"
-    if not path.is_file():
+    if payload is None:
         return ""
-    saved = json.loads(path.read_text())["config"]
-    return "; ".join(differences(saved, cfg.to_dict(), free=("output_dir", "overwrite"))[:3])
+    diff = differences(payload["config"], cfg.to_dict(), free=("output_dir", "overwrite"))
+    return "; ".join(diff[:3])
 
 
 def reusable(run_dir: Path, cfg) -> dict[str, Any] | None:
     """The finished run in ``run_dir`` if it was made with ``cfg``'s recipe, else None."""
-    path = run_dir / "results.json"
-    if not path.is_file() or recipe_change(run_dir, cfg):
+    payload = _saved(run_dir)
+    if payload is None or payload.get("status") != "finished" or recipe_change(payload, cfg):
         return None
-    payload = json.loads(path.read_text())
-    return payload if payload.get("status") == "finished" else None
+    return payload
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace, root: Path, lr=None) -> None:
@@ -161,7 +164,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, root: Path, lr=Non
     if not args.rerun and reusable(run_dir, cfg) is not None:
         log.info("%s seed %d: reusing %s", method, seed, run_dir)
         return
-    if not args.rerun and (change := recipe_change(run_dir, cfg)):
+    if not args.rerun and (change := recipe_change(_saved(run_dir), cfg)):
         print(
             f"error: {run_dir} holds a run with another recipe ({change}); pass --rerun to "
             "replace it, or choose another --out",

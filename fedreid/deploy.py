@@ -304,16 +304,17 @@ def kill_leftovers(tree: dict[int, str], wait_s: float = 5.0) -> None:
     """SIGKILL each process of ``tree`` (pid -> start time) that is still the same process,
     then wait up to ``wait_s`` for them to be gone: a signal is delivered asynchronously,
     and on a loaded machine a killed process can take a moment to exit."""
-    for pid, start in tree.items():
+
+    def same(pid: int, start: str) -> bool:  # still the process of the snapshot
         stat = _proc_stat(pid)
-        if stat is not None and stat[1] == start:  # still the same process
+        return stat is not None and stat[1] == start
+
+    for pid, start in tree.items():
+        if same(pid, start):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     deadline = time.time() + wait_s
-    while time.time() < deadline:
-        alive = [p for p, start in tree.items() if (s := _proc_stat(p)) and s[1] == start]
-        if not alive:
-            return
+    while time.time() < deadline and any(same(p, start) for p, start in tree.items()):
         time.sleep(0.05)
 
 

@@ -1,7 +1,7 @@
 """What makes two runs the same experiment: one rule for resume, compare's reuse, claims and
 report.
 
-A run's recipe is its config as dotted keys. Three things are not part of it:
+A run's recipe is its config as dotted keys. Four things are not part of it:
 
 - keys the caller frees (the run length for a resume, the seed for a study);
 - :data:`SPEED_KEYS`, which change how fast a run goes but not what it computes;
