@@ -80,3 +80,35 @@ def test_cdw_distance_and_local_evaluation(market_root: Path) -> None:
         assert 0.0 <= res.metrics[key] <= 1.0
     metrics = client.evaluate(global_shared())
     assert set(metrics) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+
+
+def test_a_fully_loaded_model_skips_initialisation_and_equals_the_seeded_build(
+    market_root: Path, monkeypatch
+) -> None:
+    """With the shared part and a saved head, the client builds on uninitialised storage;
+    the model is the one the seeded build gives, tensor for tensor."""
+    import fedreid.clients.reid_client as rc
+    from fedreid.models.builder import reid_model, uninitialised_reid_model
+
+    cfg = small_config()
+    client = ReIDClient(cfg, "toy", load_market(market_root), ClientState(RecordDict(), None))
+    shared = global_shared()
+    client.fit(shared, server_round=1)  # saves the head
+    calls = []
+    monkeypatch.setattr(
+        rc,
+        "uninitialised_reid_model",
+        lambda *a: calls.append(a) or uninitialised_reid_model(*a),
+    )
+    fast = client.build_model(shared)
+    assert len(calls) == 1
+    monkeypatch.setattr(rc, "uninitialised_reid_model", lambda *a: None)  # the seeded path
+    slow = client.build_model(shared)
+    assert fast.state_dict().keys() == slow.state_dict().keys()
+    for key, value in slow.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value), key
+    # a key nobody loads: no uninitialised model
+    n = client.dataset.num_train_pids
+    keys = set(reid_model(cfg.model, n).state_dict()) - {"bottleneck.0.weight"}
+    assert uninitialised_reid_model(cfg.model, n, keys) is None
+    assert uninitialised_reid_model(cfg.model, n, keys | {"bottleneck.0.weight"}) is not None

@@ -17,7 +17,7 @@ from fedreid.clients.state import ClientState, load_head
 from fedreid.config import Config
 from fedreid.data.types import ReIDDataset
 from fedreid.errors import DatasetError
-from fedreid.models.builder import reid_model
+from fedreid.models.builder import reid_model, uninitialised_reid_model
 from fedreid.models.reid import ReIDNet, head_state, is_bn_buffer, load_shared, shared_state
 from fedreid.protocol import Upload, round_seed
 from fedreid.training import (
@@ -121,14 +121,23 @@ class ReIDClient:
         for BN statistics under ``bn_policy=local``) plus its persisted head."""
         m = self.cfg.model
         own = self.state.load("local_model") if (self.local_only or self.keep_bn) else None
-        # ImageNet weights only for a local-only client's very first model (nothing to load)
-        pretrained = self.local_only and m.pretrained and own is None and shared is None
-        # model.init: wherever the client has nothing of its own yet, it starts from the
-        # file: a local-only client's first model, and under bn_policy=local the BatchNorm
-        # statistics the server does not send (the rest is then overwritten by `shared`)
-        from_init = own is None and (shared is None or self.keep_bn)
-        torch.manual_seed(self.cfg.seed)
-        model = reid_model(m, self.dataset.num_train_pids, pretrained=pretrained, init=from_init)
+        head = load_head(self.state, self.dataset.num_train_pids, self.name)
+        model = None
+        source = own if self.local_only else shared
+        if source is not None and head is not None and not self.keep_bn:
+            # every tensor is loaded below: no random initialisation to pay for
+            model = uninitialised_reid_model(m, self.dataset.num_train_pids, {*source, *head})
+        if model is None:
+            # ImageNet weights only for a local-only client's very first model (nothing to load)
+            pretrained = self.local_only and m.pretrained and own is None and shared is None
+            # model.init: wherever the client has nothing of its own yet, it starts from the
+            # file: a local-only client's first model, and under bn_policy=local the BatchNorm
+            # statistics the server does not send (the rest is then overwritten by `shared`)
+            from_init = own is None and (shared is None or self.keep_bn)
+            torch.manual_seed(self.cfg.seed)
+            model = reid_model(
+                m, self.dataset.num_train_pids, pretrained=pretrained, init=from_init
+            )
         if self.local_only and own is not None:
             load_shared(model, own)
         elif shared is not None:
@@ -137,7 +146,6 @@ class ReIDClient:
                 model.load_state_dict(
                     {k: v for k, v in own.items() if is_bn_buffer(k)}, strict=False
                 )
-        head = load_head(self.state, self.dataset.num_train_pids, self.name)
         if head is not None:
             model.load_state_dict(head, strict=False)
         memory_format = torch.channels_last if self.cfg.train.channels_last else None

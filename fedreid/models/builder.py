@@ -7,6 +7,8 @@ weights (HideNseek) or a shared initial model (FedPav) agrees at both ends; ``mo
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -40,6 +42,22 @@ def reid_model(
     if init and m.init:
         load_init(model, m.init, m.arch, m.embed_dim)
     return model
+
+
+def uninitialised_reid_model(
+    m: ModelConfig, num_classes: int, cover: Collection[str]
+) -> ReIDNet | None:
+    """A ReID network with uninitialised storage, for a caller that loads every tensor next.
+
+    ``cover`` is the set of state_dict keys the caller will load. Skipping the random
+    initialisation saves about 0.1 s per ResNet-18 (a tenth of a second per client message,
+    every round); None when ``cover`` misses a key, so nothing can stay uninitialised.
+    """
+    with torch.device("meta"):
+        model = reid_model(m, num_classes)
+    if not set(model.state_dict()) <= set(cover):
+        return None
+    return model.to_empty(device="cpu")
 
 
 def seeded_reid_model(cfg: Config, num_classes: int = 0) -> ReIDNet:

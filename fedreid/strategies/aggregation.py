@@ -45,7 +45,7 @@ def weighted_average(
         ref = states[0][key]
         acc = np.zeros(ref.shape, dtype=np.float64)
         for state, w in zip(states, norm, strict=True):
-            acc += w * state[key].astype(np.float64, copy=False)
+            acc += np.multiply(state[key], w, dtype=np.float64)  # one temporary, not two
         if np.issubdtype(ref.dtype, np.integer):
             acc = np.rint(acc)
         out[key] = acc.astype(ref.dtype)
