@@ -71,6 +71,8 @@ class RunFigures:
     """First evaluated round whose mean rank-1 reaches the target; NaN if none does."""
     wall_to_target_s: float
     wall_s: float
+    kd_s: float = 0.0
+    """Server time spent distilling (the rounds' ``kd_time_s``, summed); 0 without KD."""
 
 
 Study = dict[str, dict[int, dict[str, Any]]]
@@ -149,6 +151,7 @@ def run_figures(payload: dict[str, Any], target: float) -> RunFigures:
         rounds_to_target=float(reached[0][0]) if reached else math.nan,
         wall_to_target_s=reached[0][1] if reached else math.nan,
         wall_s=max(float(r.get("elapsed_s", 0.0)) for r in payload["rounds"]),
+        kd_s=sum(float(r.get("server", {}).get("kd_time_s", 0.0)) for r in payload["rounds"]),
     )
 
 
@@ -203,6 +206,7 @@ def claims_for(study: Study, large: list[str]) -> list[Claim]:
         *[Claim("(c) KD smooths convergence", a, b, "fluctuation", "lower") for a, b in kd_pairs],
         *[Claim("(c) cost of KD: final rank-1", a, b, "final_rank1", None) for a, b in kd_pairs],
         *[Claim("(c) cost of KD: wall time", a, b, "wall_s", None, "min") for a, b in kd_pairs],
+        *[Claim("(c) cost of KD: distillation", a, b, "kd_s", None, "min") for a, b in kd_pairs],
         Claim(
             "(d) CDW lifts local models above local training",
             "fedpav_cdw",
@@ -236,8 +240,8 @@ def _value(claim: Claim, side: str, fig: RunFigures, large: list[str]) -> float:
         return 100 * (fig.local_final_rank1 if side == "a" else fig.final_rank1)
     if name == "fluctuation":
         return fig.fluctuation
-    if name == "wall_s":
-        return fig.wall_s / 60
+    if name in ("wall_s", "kd_s"):
+        return getattr(fig, name) / 60
     return 100 * getattr(fig, name)
 
 
@@ -363,8 +367,15 @@ def markdown(result: dict[str, Any], title: str) -> str:
         low, high = c["ci95"]
         ci = f"[{_signed(low)}, {_signed(high)}]" if math.isfinite(low + high) else "–"
         sd = "" if math.isnan(c["sd"]) else f" ± {c['sd']:.1f}"
+        a, b = LABELS.get(c["a"], c["a"]), LABELS.get(c["b"], c["b"])
+        if c["figure"] in ("a_local_vs_b", "local_final_rank1"):  # say which models
+            a += " (local models)"
+        if c["figure"] == "local_final_rank1":
+            b += " (local models)"
+        elif c["figure"] == "a_local_vs_b" and c["a"] == c["b"]:
+            b += " (global)"
         lines.append(
-            f"| {c['claim']} | {LABELS.get(c['a'], c['a'])} - {LABELS.get(c['b'], c['b'])} "
+            f"| {c['claim']} | {a} - {b} "
             f"| {per_seed} | {_signed(c['mean'])}{sd}{unit} | {ci} "
             f"| {'yes' if c['exceeds_sd'] else 'no'} | {c['verdict']} |"
         )

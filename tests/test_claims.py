@@ -114,6 +114,22 @@ def test_claims_over_seeds(tmp_path: Path) -> None:
     assert result["methods"]["local"]["reached_target"] == 3
     text = claims.markdown(result, "t")
     assert "unweighted mean over clients" in text and "| reproduces |" in text
+    assert "| FedPav (local models) - FedPav (global) |" in text
+
+
+def test_kd_cost_is_the_summed_distillation_time(tmp_path: Path) -> None:
+    root = study(tmp_path, shift=[0.1, 0.12])
+    for seed in (0, 1):
+        kd = payload(seed, "fedpav_kd", {"big": [0.4] * 3, "mid": [0.3] * 3, "small": [0.2] * 3})
+        kd["rounds"][1]["server"] = {"kd_time_s": 30.0 + seed * 60}
+        kd["rounds"][2]["server"] = {"kd_time_s": 30.0}
+        write(root, seed, "fedpav_kd", kd)
+    result = claims.analyse(claims.load_study(root), target=0.2, large_count=1)
+    by = {c["claim"]: c for c in result["claims"]}
+    cost = by["(c) cost of KD: distillation"]
+    assert cost["differences"] == pytest.approx([1.0, 2.0]), "minutes: (30 + 30) s, (90 + 30) s"
+    assert cost["verdict"] == "(no claim)"
+    assert claims.run_figures(kd, 0.2).kd_s == 120.0, "seed 1: 90 s + 30 s"
 
 
 def test_wide_spread_is_inconclusive_and_opposite_is_does_not(tmp_path: Path) -> None:
