@@ -95,9 +95,13 @@ def test_interrupt_mid_round_then_resume_is_exact(
     done = [r["round"] for r in payload["rounds"]]
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL
-        # killed before round 2's results were written: results.json is round 1's, and it
-        # does not claim to be finished
-        assert payload["status"] != "finished" and done == [1], (payload["status"], done)
+        # killed mid-round 2 (results.json is round 1's) or, when the last client's answer
+        # and the round's record fell within one poll of the log, just after round 2 was
+        # recorded; either way it does not claim to be finished and the resume is exact
+        assert payload["status"] != "finished" and done in ([1], [1, 2]), (
+            payload["status"],
+            done,
+        )
     else:
         assert rc == 130, text[-2000:]
         assert stopped_after < 30, f"stopping took {stopped_after:.1f}s"
